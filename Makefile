@@ -1,0 +1,58 @@
+# warmroute — every target sets up what it needs; `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+MLS_VENV := .venv-mlserver
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+MODELS := .cache/models
+
+.PHONY: setup run test lint typecheck check schema bench bench-coldstart clean
+
+# The project's environment: the locked dev set (a superset of the runtime lock the image installs).
+$(VENV)/.stamp: requirements/dev.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.8
+	$(UV) pip install -q --python $(PY) -r requirements/dev.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+# MLServer in its own environment (uvloop < 0.22, its own FastAPI pins).
+$(MLS_VENV)/.stamp: requirements/mlserver.lock $(VENV)/.stamp
+	$(PYTHON) -m venv $(MLS_VENV)
+	$(UV) pip install -q --python $(MLS_VENV)/bin/python -r requirements/mlserver.lock
+	touch $@
+
+# Small scikit-learn models, trained in MLServer's environment so the pickles match its sklearn.
+$(MODELS)/.stamp: $(MLS_VENV)/.stamp devstack/train_models.py
+	$(MLS_VENV)/bin/python devstack/train_models.py $(MODELS)
+	touch $@
+
+setup: $(VENV)/.stamp $(MLS_VENV)/.stamp $(MODELS)/.stamp
+
+run: setup
+	$(PY) -m devstack run
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+lint: $(VENV)/.stamp
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: $(VENV)/.stamp
+	$(PY) -m mypy
+
+schema: $(VENV)/.stamp
+	$(PY) -m tenancy schema schema/
+
+bench: setup
+	$(PY) -m bench
+
+bench-coldstart: setup
+	$(PY) -m bench.coldstart
+
+clean:
+	rm -rf $(VENV) $(MLS_VENV) .cache

@@ -1,0 +1,204 @@
+"""Read a config directory into a Snapshot, validating each file on its own.
+
+Layout (SPEC.md): ``DIR/endpoints.yaml`` and ``DIR/tenants/<tenant>.yaml``; the file name is the tenant
+id. Every problem becomes one ``ConfigIssue`` printed as ``FILE: field.path: message``, FILE relative
+to DIR. One bad tenant file never hides the others: callers decide whether to keep a last good version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tenancy.models import Endpoint, EndpointsFile, Tenant
+
+ENDPOINTS_FILE = "endpoints.yaml"
+TENANTS_DIR = "tenants"
+TENANT_SUFFIXES = (".yaml", ".yml")
+TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.path}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What identifies one version of a file; follows symlinks, so a ConfigMap swap changes it."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+    device: int
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """One file's outcome: a model when valid, issues when not."""
+
+    stamp: FileStamp | None
+    value: BaseModel | None
+    issues: tuple[ConfigIssue, ...]
+
+
+def stamp(path: Path) -> FileStamp | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return FileStamp(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def tenant_files(root: Path) -> dict[str, Path]:
+    """tenant id -> file. Hidden files (Kubernetes' ``..data`` entries) are skipped."""
+    folder = root / TENANTS_DIR
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.suffix not in TENANT_SUFFIXES:
+            continue
+        found[entry.stem] = entry
+    return found
+
+
+def scan(root: Path) -> dict[str, FileStamp | None]:
+    """Stamps of every file the config consists of, keyed by path relative to root."""
+    stamps: dict[str, FileStamp | None] = {ENDPOINTS_FILE: stamp(root / ENDPOINTS_FILE)}
+    for path in tenant_files(root).values():
+        stamps[f"{TENANTS_DIR}/{path.name}"] = stamp(path)
+    return stamps
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(root)"
+
+
+def _validation_issues(rel: str, error: ValidationError) -> tuple[ConfigIssue, ...]:
+    issues = []
+    for item in error.errors(include_url=False):
+        # Discriminated unions add the tag ("v2", "sagemaker") to the path: drop it, users never typed it.
+        loc = tuple(p for p in item["loc"] if p not in ("v2", "sagemaker"))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        issues.append(ConfigIssue(rel, _location(loc), message))
+    return tuple(issues)
+
+
+def _read_yaml(path: Path, rel: str) -> tuple[Any, tuple[ConfigIssue, ...]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, (ConfigIssue(rel, "(file)", f"cannot read: {exc}"),)
+    try:
+        return yaml.safe_load(text), ()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        return None, (ConfigIssue(rel, f"line {line}", problem),)
+    except yaml.YAMLError as exc:
+        return None, (ConfigIssue(rel, "line 1", str(exc)),)
+
+
+def parse_file(path: Path, rel: str, model: type[BaseModel]) -> Parsed:
+    file_stamp = stamp(path)
+    data, issues = _read_yaml(path, rel)
+    if issues:
+        return Parsed(file_stamp, None, issues)
+    if not isinstance(data, dict):
+        return Parsed(file_stamp, None, (ConfigIssue(rel, "(root)", "expected a mapping"),))
+    try:
+        return Parsed(file_stamp, model.model_validate(data), ())
+    except ValidationError as exc:
+        return Parsed(file_stamp, None, _validation_issues(rel, exc))
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryState:
+    """Everything read from a directory, before deciding what serves."""
+
+    endpoints: Parsed
+    tenants: Mapping[str, Parsed]  # tenant id -> parsed file
+    files: Mapping[str, str]  # tenant id -> relative file name
+
+    def issues(self) -> list[ConfigIssue]:
+        found = list(self.endpoints.issues)
+        for parsed in self.tenants.values():
+            found.extend(parsed.issues)
+        return found
+
+
+def read_directory(root: Path, cache: Mapping[str, Parsed] | None = None) -> DirectoryState:
+    """Parse every file; a file whose stamp is unchanged in ``cache`` is not parsed again."""
+    cache = cache or {}
+
+    def parse(path: Path, rel: str, model: type[BaseModel]) -> Parsed:
+        cached = cache.get(rel)
+        if cached is not None and cached.stamp is not None and cached.stamp == stamp(path):
+            return cached
+        return parse_file(path, rel, model)
+
+    if not root.is_dir():
+        missing = ConfigIssue(str(root), "(directory)", "no such config directory")
+        return DirectoryState(Parsed(None, None, (missing,)), {}, {})
+    endpoints_path = root / ENDPOINTS_FILE
+    if endpoints_path.exists():
+        endpoints = parse(endpoints_path, ENDPOINTS_FILE, EndpointsFile)
+    else:
+        endpoints = Parsed(None, None, (ConfigIssue(ENDPOINTS_FILE, "(file)", "file not found"),))
+    tenants: dict[str, Parsed] = {}
+    files: dict[str, str] = {}
+    for tenant_id, path in tenant_files(root).items():
+        rel = f"{TENANTS_DIR}/{path.name}"
+        files[tenant_id] = rel
+        if not TENANT_ID.match(tenant_id):
+            issue = ConfigIssue(rel, "(file)", f"invalid tenant id {tenant_id!r} in file name")
+            tenants[tenant_id] = Parsed(stamp(path), None, (issue,))
+        elif tenant_id in tenants:
+            issue = ConfigIssue(rel, "(file)", f"tenant {tenant_id!r} is defined twice")
+            tenants[tenant_id] = Parsed(stamp(path), None, (issue,))
+        else:
+            tenants[tenant_id] = parse(path, rel, Tenant)
+    return DirectoryState(endpoints, tenants, files)
+
+
+def cross_check(
+    rel: str, tenant: Tenant, endpoints: Mapping[str, Endpoint]
+) -> tuple[ConfigIssue, ...]:
+    """Checks that need both files: the tenant's endpoint must exist."""
+    if tenant.endpoint not in endpoints:
+        known = ", ".join(sorted(endpoints)) or "none"
+        return (ConfigIssue(rel, "endpoint", f"unknown endpoint {tenant.endpoint!r} (known: {known})"),)
+    return ()
+
+
+def load_directory(root: Path) -> tuple[dict[str, Endpoint], dict[str, Tenant], list[ConfigIssue]]:
+    """Strict load (start-up, ``tenancy check``): valid parts and every issue found."""
+    state = read_directory(root)
+    issues = state.issues()
+    endpoints: dict[str, Endpoint] = {}
+    if isinstance(state.endpoints.value, EndpointsFile):
+        endpoints = dict(state.endpoints.value.endpoints)
+    tenants: dict[str, Tenant] = {}
+    for tenant_id, parsed in state.tenants.items():
+        if isinstance(parsed.value, Tenant):
+            problems = cross_check(state.files[tenant_id], parsed.value, endpoints) if endpoints else ()
+            issues.extend(problems)
+            if not problems:
+                tenants[tenant_id] = parsed.value
+    return endpoints, tenants, issues

@@ -1,0 +1,200 @@
+"""The two config files as frozen, validated models. Unknown fields are refused so typos fail loudly.
+
+Field names marked "core" in SPEC.md are fixed; everything else here is documented in the README and
+in the generated JSON Schema (``schema/``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+
+# Model ids travel in URL paths (v2) and as SageMaker TargetModel (relative S3 keys such as
+# "acme/intent-v3.tar.gz"), so they are restricted to characters both accept without escaping games.
+ModelId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+/-]{0,255}$", strip_whitespace=False)
+]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+Sha256Hex = Annotated[
+    str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True, strip_whitespace=True)
+]
+HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+(:\d+)?/?$")]
+PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
+
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- endpoints.yaml ------------------------------------------------------------------------------
+
+
+class Discovery(Frozen):
+    """Instances found by resolving a DNS name (a Kubernetes headless service)."""
+
+    dns: str = Field(min_length=1, description="Name whose A/AAAA records are the instances.")
+    port: int = Field(default=8080, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    interval_s: float = Field(default=10.0, gt=0, description="Re-resolution interval.")
+
+
+class Capacity(Frozen):
+    """What one instance can hold; the preloader never loads more than this."""
+
+    max_models: int | None = Field(default=None, ge=1)
+    max_bytes: int | None = Field(default=None, ge=1)
+
+
+class EndpointPreload(Frozen):
+    concurrency: int = Field(default=4, ge=1, le=256, description="Loads at once per instance.")
+    keep_warm_interval_s: float = Field(
+        default=300.0, gt=0, description="Re-invoke warm models this often (below eviction)."
+    )
+    keep_warm_max_rps: float = Field(
+        default=20.0, gt=0, description="Budget so keep-warm cannot overload the endpoint."
+    )
+
+
+class V2Endpoint(Frozen):
+    """A self-hosted multi-model server speaking the Open Inference Protocol."""
+
+    kind: Literal["v2"]
+    instances: tuple[HttpUrl, ...] = ()
+    discovery: Discovery | None = None
+    timeout_ms: PositiveMs = 2000
+    max_connections: int = Field(default=256, ge=1, description="Pooled connections per instance.")
+    capacity: Capacity = Capacity()
+    preload: EndpointPreload = EndpointPreload()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if bool(self.instances) == (self.discovery is not None):
+            raise ValueError("give exactly one of 'instances' (a non-empty list) or 'discovery'")
+        return self
+
+
+class SageMakerEndpoint(Frozen):
+    """An Amazon SageMaker multi-model endpoint."""
+
+    kind: Literal["sagemaker"]
+    endpoint_name: Name
+    region: str = Field(min_length=1)
+    endpoint_url: HttpUrl | None = None
+    timeout_ms: PositiveMs = 2000
+    max_connections: int = Field(default=256, ge=1)
+    capacity: Capacity = Capacity()
+    preload: EndpointPreload = EndpointPreload()
+    describe_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the preloader polls DescribeEndpoint."
+    )
+
+
+Endpoint = Annotated[V2Endpoint | SageMakerEndpoint, Field(discriminator="kind")]
+
+
+class EndpointsFile(Frozen):
+    endpoints: dict[Name, Endpoint] = Field(min_length=1)
+
+
+# --- tenants/<tenant>.yaml -----------------------------------------------------------------------
+
+
+class Auth(Frozen):
+    api_key_sha256: tuple[Sha256Hex, ...] = Field(
+        default=(), description="Hex SHA-256 of each accepted key; empty: no key needed."
+    )
+
+
+class Limits(Frozen):
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1, le=1024 * 1024 * 1024)
+    timeout_ms: PositiveMs = Field(default=5000, description="Bounds the whole request.")
+    max_concurrency: int | None = Field(default=None, ge=1, description="Requests at once.")
+    rps: float | None = Field(default=None, gt=0, description="Sustained requests per second.")
+    burst: int | None = Field(default=None, ge=1, description="Token bucket size; default: rps.")
+
+
+class Variant(Frozen):
+    name: Name
+    model: ModelId
+    weight: float = Field(ge=0)
+
+
+class Experiment(Frozen):
+    name: Name
+    kind: Literal["canary", "ab"]
+    salt: str = ""
+    variants: tuple[Variant, ...]
+    overrides: dict[Name, tuple[str, ...]] = Field(default_factory=dict)
+    ttl_s: int = Field(
+        default=90 * 24 * 3600, ge=60, description="How long a stored assignment lives."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [v.name for v in self.variants]
+        if self.kind == "canary" and len(self.variants) != 2:
+            raise ValueError("a canary has exactly two variants: control first, then canary")
+        if self.kind == "ab" and len(self.variants) < 2:
+            raise ValueError("an ab experiment needs two or more variants")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
+        if not any(v.weight > 0 for v in self.variants):
+            raise ValueError("all variant weights are zero")
+        seen: dict[str, str] = {}
+        for variant, units in self.overrides.items():
+            if variant not in names:
+                raise ValueError(f"override names unknown variant {variant!r}")
+            for unit in units:
+                if unit in seen:
+                    raise ValueError(
+                        f"unit {unit!r} is overridden twice ({seen[unit]!r} and {variant!r})"
+                    )
+                seen[unit] = variant
+        return self
+
+    def override_for(self, unit: str) -> Variant | None:
+        for variant in self.variants:
+            if unit in self.overrides.get(variant.name, ()):
+                return variant
+        return None
+
+
+class Preload(Frozen):
+    enabled: bool = True
+    priority: int = 0
+    sample: JsonValue = Field(default=None, description="Warm-up request body (JSON).")
+    content_type: str = "application/json"
+
+
+class Tenant(Frozen):
+    endpoint: Name
+    model: ModelId
+    auth: Auth = Auth()
+    limits: Limits = Limits()
+    experiment: Experiment | None = None
+    preprocess: tuple[dict[str, Any], ...] = Field(default=(), max_length=0)
+    postprocess: tuple[dict[str, Any], ...] = Field(default=(), max_length=0)
+    preload: Preload = Preload()
+
+    @model_validator(mode="after")
+    def _control_is_default(self) -> Self:
+        experiment = self.experiment
+        if experiment is not None and experiment.kind == "canary":
+            control = experiment.variants[0]
+            if control.model != self.model:
+                raise ValueError(
+                    f"the canary's control variant {control.name!r} must use the tenant's default "
+                    f"model {self.model!r}, not {control.model!r}"
+                )
+        return self
+
+    def models(self) -> tuple[str, ...]:
+        """Every model this tenant can route to, default first, without repeats."""
+        found = [self.model]
+        if self.experiment is not None:
+            found += [v.model for v in self.experiment.variants]
+        return tuple(dict.fromkeys(found))
