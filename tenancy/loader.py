@@ -183,7 +183,9 @@ def cross_check(
     """Checks that need both files: the tenant's endpoint must exist."""
     if tenant.endpoint not in endpoints:
         known = ", ".join(sorted(endpoints)) or "none"
-        return (ConfigIssue(rel, "endpoint", f"unknown endpoint {tenant.endpoint!r} (known: {known})"),)
+        return (
+            ConfigIssue(rel, "endpoint", f"unknown endpoint {tenant.endpoint!r} (known: {known})"),
+        )
     return ()
 
 
@@ -197,7 +199,9 @@ def load_directory(root: Path) -> tuple[dict[str, Endpoint], dict[str, Tenant], 
     tenants: dict[str, Tenant] = {}
     for tenant_id, parsed in state.tenants.items():
         if isinstance(parsed.value, Tenant):
-            problems = cross_check(state.files[tenant_id], parsed.value, endpoints) if endpoints else ()
+            problems = (
+                cross_check(state.files[tenant_id], parsed.value, endpoints) if endpoints else ()
+            )
             issues.extend(problems)
             if not problems:
                 tenants[tenant_id] = parsed.value

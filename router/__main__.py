@@ -1,0 +1,41 @@
+"""``python -m router --config DIR``: parse, install uvloop, run."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import uvloop
+from aiohttp import web
+
+from router.app import create_app
+from router.logs import setup_logging
+from router.settings import parse_settings
+from tenancy.store import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    setup_logging(os.environ.get("WARMROUTE_LOG_LEVEL", "INFO"))
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"invalid config in {settings.config_dir}:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        return 2
+    loop = uvloop.new_event_loop()
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        access_log=None,
+        loop=loop,
+        print=lambda *a: print(*a, file=sys.stderr),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""``create_app(settings)``: every shared object under a typed AppKey, created in its own cleanup
+context in dependency order and torn down in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from router import ops, views
+from router.assignment import Assigner
+from router.backends.sagemaker import SageMakerClients
+from router.http_errors import error_middleware
+from router.keys import (
+    ASSIGNER,
+    BACKENDS,
+    CONFIG,
+    HTTP,
+    LIMITERS,
+    METRICS,
+    REDIS,
+    SAGEMAKER,
+    SERVICE,
+    SETTINGS,
+    STATE,
+)
+from router.metrics import RouterMetrics
+from router.routing import BackendFactory, LimiterRegistry, RouterState, compile_table
+from router.service import InvocationService
+from router.settings import Settings
+from tenancy.store import ConfigStore, ReloadOutcome
+
+log = logging.getLogger(__name__)
+
+
+async def _http(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=512, keepalive_timeout=30, ttl_dns_cache=10
+    )
+    async with aiohttp.ClientSession(
+        connector=connector, skip_auto_headers=("User-Agent",), auto_decompress=False
+    ) as session:
+        app[HTTP] = session
+        yield
+
+
+async def _sagemaker(app: web.Application) -> AsyncIterator[None]:
+    clients = SageMakerClients()
+    app[SAGEMAKER] = clients
+    yield
+    await clients.aclose()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    budget_s = app[SETTINGS].redis_budget_ms / 1000
+    # No client-side retries: the request's Redis budget is the only retry policy.
+    client = aioredis.Redis.from_url(
+        app[SETTINGS].redis_url,
+        socket_connect_timeout=max(budget_s, 0.05),
+        socket_timeout=max(budget_s * 5, 0.1),
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+        max_connections=256,
+    )
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def _routing(app: web.Application) -> AsyncIterator[None]:
+    metrics = app[METRICS]
+    store = app[CONFIG]
+    backends = BackendFactory(app[HTTP], app[SAGEMAKER])
+    limiters = LimiterRegistry()
+    app[BACKENDS] = backends
+    app[LIMITERS] = limiters
+    state = RouterState(compile_table(store.current, backends, limiters))
+    app[STATE] = state
+    assigner = Assigner(app[REDIS], metrics, budget_s=app[SETTINGS].redis_budget_ms / 1000)
+    app[ASSIGNER] = assigner
+    app[SERVICE] = InvocationService(metrics, assigner)
+    metrics.config_generation.set(store.current.generation)
+
+    def swap(outcome: ReloadOutcome) -> None:
+        metrics.config_reloads.labels("ok" if outcome.ok else "error").inc()
+        if outcome.changed:
+            state.table = compile_table(outcome.snapshot, backends, limiters)
+            backends.prune(set(outcome.snapshot.endpoints))
+            assigner.clear_cache()
+            metrics.config_generation.set(outcome.snapshot.generation)
+
+    store.on_reload = swap
+    watcher = asyncio.create_task(store.watch(app[SETTINGS].reload_interval_s), name="config-watch")
+    yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+
+
+def create_app(settings: Settings, *, metrics: RouterMetrics | None = None) -> web.Application:
+    """Build the router. Loads the config strictly: an invalid directory raises ConfigError."""
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or RouterMetrics()
+    store = ConfigStore(settings.config_dir)
+    store.load_initial()
+    app[CONFIG] = store
+    app.cleanup_ctx.extend([_http, _sagemaker, _redis, _routing])
+    app.router.add_post("/v1/tenants/{tenant}/invocations", views.invoke)
+    app.router.add_get("/healthz", ops.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/v1/admin/tenants", ops.list_tenants)
+    app.router.add_get("/v1/admin/tenants/{tenant}/assignment", ops.assignment)
+    app.router.add_post("/v1/admin/reload", ops.reload)
+    return app

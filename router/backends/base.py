@@ -1,0 +1,44 @@
+"""The interface every endpoint kind implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    model: str
+    body: bytes
+    content_type: str
+    request_id: str
+    accept: str | None = None
+    custom_attributes: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    body: bytes
+    content_type: str
+    cold_start: bool = False  # this request waited for its model to load
+    instance: str = ""  # which instance answered (v2), for logs and tests
+
+
+class Backend(abc.ABC):
+    """One multi-model endpoint. Raises ``router.errors`` subclasses; never a transport exception."""
+
+    name: str
+    kind: str
+    attempt_timeout_s: float
+
+    @abc.abstractmethod
+    async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Run one inference on ``request.model``; the caller bounds the total time."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What the admin API shows about this endpoint."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Stop background work owned by this backend (discovery loops)."""

@@ -1,0 +1,247 @@
+"""Open Inference Protocol (v2) endpoints: Triton, MLServer, KServe.
+
+One pooled aiohttp session per process serves every instance. A model the instance does not know is
+loaded there and the request retried once (the lazy load a real MME does); concurrent requests for the
+same cold model share one load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from router.backends.base import Backend, UpstreamRequest, UpstreamResponse
+from router.errors import (
+    InvalidRequest,
+    Overloaded,
+    RouterError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 500
+DOWN_FOR_S = 1.0  # how long an instance that refused a connection is skipped
+
+
+def upstream_message(body: bytes) -> str:
+    """The human part of an upstream error body (MLServer/Triton: {"error": "..."}), truncated."""
+    text = body[:4096].decode("utf-8", "replace").strip()
+    if text.startswith("{"):
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(parsed, dict):
+                for key in ("error", "message", "detail"):
+                    value = parsed.get(key)
+                    if isinstance(value, str):
+                        text = value
+                        break
+    return text[:MAX_MESSAGE] or "no message"
+
+
+def is_model_missing(status: int, body: bytes) -> bool:
+    """True when the server says it does not have the model loaded (so loading it may help)."""
+    if status == 404:
+        return True
+    if status in (400, 503):
+        # Triton: "Request for unknown model: 'x' is not found" / "... is not ready" / "unavailable".
+        lowered = body[:1024].lower()
+        return b"unknown model" in lowered or (
+            b"model" in lowered and (b"not found" in lowered or b"not ready" in lowered)
+        )
+    return False
+
+
+class V2Instance:
+    """One server of a v2 endpoint: inference plus the repository API the preloader uses."""
+
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession, *, timeout: aiohttp.ClientTimeout
+    ) -> None:
+        self.url = base_url.rstrip("/")
+        self._session = session
+        self._timeout = timeout
+        self._infer_urls: dict[str, URL] = {}
+        self.down_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"V2Instance({self.url})"
+
+    def _model_url(self, model: str, action: str) -> URL:
+        return URL(f"{self.url}/v2/{action.format(quote(model, safe=''))}", encoded=True)
+
+    async def infer(
+        self, model: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, str]:
+        url = self._infer_urls.get(model)
+        if url is None:
+            url = self._infer_urls[model] = self._model_url(model, "models/{}/infer")
+        async with self._session.post(url, data=body, headers=headers, timeout=self._timeout) as r:
+            return r.status, await r.read(), r.headers.get("Content-Type", "application/json")
+
+    async def load(self, model: str, *, timeout_s: float = 60.0) -> None:
+        """Load ``model``; raise UpstreamError with the server's reason when it cannot."""
+        url = self._model_url(model, "repository/models/{}/load")
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with self._session.post(url, timeout=timeout) as resp:
+                if resp.status != 200:
+                    reason = upstream_message(await resp.read())
+                    raise UpstreamError(f"model {model!r} cannot be loaded on {self.url}: {reason}")
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"loading {model!r} on {self.url} failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"loading {model!r} on {self.url} timed out") from exc
+
+    async def unload(self, model: str) -> None:
+        url = self._model_url(model, "repository/models/{}/unload")
+        async with self._session.post(url, timeout=self._timeout) as resp:
+            if resp.status not in (200, 404):
+                raise UpstreamError(f"unloading {model!r} on {self.url}: {resp.status}")
+
+    async def index(self) -> dict[str, str]:
+        """model name -> state (``READY``, ``UNAVAILABLE``, ...) from the repository index."""
+        url = URL(f"{self.url}/v2/repository/index", encoded=True)
+        async with self._session.post(
+            url, data=b"{}", headers={"Content-Type": "application/json"}, timeout=self._timeout
+        ) as resp:
+            if resp.status != 200:
+                raise UpstreamError(f"repository index on {self.url}: HTTP {resp.status}")
+            entries = orjson.loads(await resp.read())
+        found: dict[str, str] = {}
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                found[entry["name"]] = str(entry.get("state", "")).upper()
+        return found
+
+    async def ready(self) -> bool:
+        try:
+            url = URL(f"{self.url}/v2/health/ready", encoded=True)
+            async with self._session.get(url, timeout=self._timeout) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+
+class InstancePicker:
+    """Which instance serves a model. Round robin; the preloader's warm map refines it."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+
+    def order(self, model: str, instances: Sequence[V2Instance]) -> list[V2Instance]:
+        """Instances to try, best first."""
+        n = len(instances)
+        start = next(self._counter) % n
+        ordered = [*instances[start:], *instances[:start]]
+        now = time.monotonic()
+        # Skip instances that just refused connections, unless every one did.
+        up = [i for i in ordered if i.down_until <= now]
+        return up or ordered
+
+
+class V2Backend(Backend):
+    kind = "v2"
+
+    def __init__(
+        self,
+        name: str,
+        instances: Sequence[V2Instance],
+        *,
+        attempt_timeout_s: float,
+        picker: InstancePicker | None = None,
+        on_load: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.instances: list[V2Instance] = list(instances)
+        self.attempt_timeout_s = attempt_timeout_s
+        self.picker = picker or InstancePicker()
+        self._loads: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._on_load = on_load
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "instances": [i.url for i in self.instances]}
+
+    def set_instances(self, instances: Sequence[V2Instance]) -> None:
+        self.instances = list(instances)
+
+    async def ensure_loaded(self, instance: V2Instance, model: str) -> None:
+        """Load ``model`` on ``instance`` once, however many requests wait for it.
+
+        The load runs in its own task and waiters are shielded, so a caller that times out does not
+        abort a load the next caller will need.
+        """
+        key = (instance.url, model)
+        task = self._loads.get(key)
+        if task is None:
+            task = asyncio.create_task(instance.load(model), name=f"load {model} on {instance.url}")
+            self._loads[key] = task
+            task.add_done_callback(lambda t: self._loads.pop(key, None))
+            if self._on_load is not None:
+                self._on_load(instance.url, model)
+        await asyncio.shield(task)
+
+    async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
+        instances = self.instances
+        if not instances:
+            raise UpstreamError(f"endpoint {self.name!r} has no instances")
+        headers = {"Content-Type": request.content_type, "X-Request-Id": request.request_id}
+        if request.accept:
+            headers["Accept"] = request.accept
+        last_error: RouterError | None = None
+        for instance in self.picker.order(request.model, instances):
+            try:
+                return await self._invoke_on(instance, request, headers)
+            except aiohttp.ClientConnectorError as exc:
+                # Nothing was sent: safe to try the next instance.
+                instance.down_until = time.monotonic() + DOWN_FOR_S
+                last_error = UpstreamError(f"instance {instance.url} refused the connection")
+                log.warning(
+                    "instance unreachable endpoint=%s url=%s: %s", self.name, instance.url, exc
+                )
+        assert last_error is not None
+        raise last_error
+
+    async def _invoke_on(
+        self, instance: V2Instance, request: UpstreamRequest, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        cold = False
+        try:
+            status, body, content_type = await instance.infer(request.model, request.body, headers)
+            if status != 200 and is_model_missing(status, body):
+                cold = True
+                await self.ensure_loaded(instance, request.model)
+                status, body, content_type = await instance.infer(
+                    request.model, request.body, headers
+                )
+        except aiohttp.ClientConnectorError:
+            raise
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"endpoint {self.name!r} did not answer within {self.attempt_timeout_s:g}s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"endpoint {self.name!r} failed: {exc}") from exc
+        if status == 200:
+            return UpstreamResponse(body, content_type, cold_start=cold, instance=instance.url)
+        message = upstream_message(body)
+        if is_model_missing(status, body):
+            raise UpstreamError(f"model {request.model!r} is not available: {message}")
+        if status == 429:
+            raise Overloaded(f"endpoint {self.name!r} is shedding load: {message}", retry_after=1)
+        if 400 <= status < 500:
+            raise InvalidRequest(f"the model rejected the input: {message}")
+        raise UpstreamError(f"endpoint {self.name!r} answered HTTP {status}: {message}")

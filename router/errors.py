@@ -1,0 +1,62 @@
+"""One error root; each subclass carries the HTTP status and the SPEC error code.
+
+The error middleware turns any of these into ``{"error": {"code", "message", "request_id"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class RouterError(Exception):
+    status: int = 502
+    code: str = "upstream_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidRequest(RouterError):
+    status, code = 400, "invalid_request"
+
+
+class Unauthorized(RouterError):
+    status, code = 401, "unauthorized"
+
+
+class Forbidden(RouterError):
+    status, code = 403, "forbidden"
+
+
+class TenantNotFound(RouterError):
+    status, code = 404, "tenant_not_found"
+
+
+class NotFound(RouterError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(RouterError):
+    status, code = 413, "payload_too_large"
+
+
+class RateLimited(RouterError):
+    status, code = 429, "rate_limited"
+
+
+class UpstreamError(RouterError):
+    status, code = 502, "upstream_error"
+
+
+class NotReady(RouterError):
+    status, code = 503, "not_ready"
+
+
+class Overloaded(RouterError):
+    status, code = 503, "overloaded"
+
+
+class UpstreamTimeout(RouterError, asyncio.TimeoutError):
+    status, code = 504, "upstream_timeout"

@@ -1,0 +1,27 @@
+"""Typed keys for everything the app shares (STYLE: one AppKey per shared object)."""
+
+from __future__ import annotations
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from router.assignment import Assigner
+from router.backends.sagemaker import SageMakerClients
+from router.metrics import RouterMetrics
+from router.routing import BackendFactory, LimiterRegistry, RouterState
+from router.service import InvocationService
+from router.settings import Settings
+from tenancy.store import ConfigStore
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", RouterMetrics)
+CONFIG = web.AppKey("config", ConfigStore)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+SAGEMAKER = web.AppKey("sagemaker", SageMakerClients)
+REDIS = web.AppKey("redis", aioredis.Redis)
+BACKENDS = web.AppKey("backends", BackendFactory)
+LIMITERS = web.AppKey("limiters", LimiterRegistry)
+STATE = web.AppKey("state", RouterState)
+ASSIGNER = web.AppKey("assigner", Assigner)
+SERVICE = web.AppKey("service", InvocationService)

@@ -1,0 +1,133 @@
+"""Operational and admin routes: health, readiness, metrics, tenants, assignment look-up, reload."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from router.errors import InvalidRequest, NotFound, NotReady, TenantNotFound, Unauthorized
+from router.keys import ASSIGNER, CONFIG, METRICS, REDIS, SETTINGS, STATE
+from router.routing import TenantRoute
+
+WARM_KEY = "wr:warm:{endpoint}"  # set to "1" by the preloader while an endpoint's warm set is warm
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_INDENT_2),
+        status=status,
+        headers={"Content-Type": "application/json"},
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    table = request.app[STATE].table
+    if table.snapshot.generation < 1:
+        raise NotReady("config not loaded yet", retry_after=1)
+    if request.app[SETTINGS].wait_for_warm and table.backends:
+        names = sorted(table.backends)
+        try:
+            values = await request.app[REDIS].mget([WARM_KEY.format(endpoint=n) for n in names])
+        except (RedisError, OSError) as exc:
+            raise NotReady(
+                f"cannot read the preloader's warm signal: {exc}", retry_after=1
+            ) from exc
+        cold = [n for n, v in zip(names, values, strict=True) if v != b"1"]
+        if cold:
+            raise NotReady(f"waiting for the preloader to warm: {', '.join(cold)}", retry_after=1)
+    return json_response({"status": "ready", "generation": table.snapshot.generation})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[METRICS].registry
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def _require_admin(request: web.Request) -> None:
+    token = request.app[SETTINGS].admin_token
+    if token is None:
+        return
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Unauthorized("admin routes need 'Authorization: Bearer <admin token>'")
+
+
+def _describe(route: TenantRoute) -> dict[str, Any]:
+    tenant = route.config
+    described: dict[str, Any] = {
+        "endpoint": tenant.endpoint,
+        "backend": route.backend.describe(),
+        "model": tenant.model,
+        "auth": bool(route.api_keys),
+        "limits": tenant.limits.model_dump(),
+        "models": list(tenant.models()),
+    }
+    if tenant.experiment is not None:
+        described["experiment"] = tenant.experiment.model_dump(mode="json")
+    return described
+
+
+async def list_tenants(request: web.Request) -> web.Response:
+    _require_admin(request)
+    table = request.app[STATE].table
+    return json_response(
+        {
+            "generation": table.snapshot.generation,
+            "tenants": {tid: _describe(route) for tid, route in table.routes.items()},
+        }
+    )
+
+
+async def assignment(request: web.Request) -> web.Response:
+    _require_admin(request)
+    tenant_id = request.match_info["tenant"]
+    route = request.app[STATE].table.routes.get(tenant_id)
+    if route is None:
+        raise TenantNotFound(f"no tenant {tenant_id!r}")
+    unit = request.query.get("unit")
+    if not unit:
+        raise InvalidRequest("query parameter 'unit' is required")
+    if route.plan is None:
+        return json_response(
+            {"tenant": tenant_id, "unit": unit, "experiment": None, "variant": "default",
+             "model": route.config.model, "source": "default"}
+        )  # fmt: skip
+    decided = await request.app[ASSIGNER].peek(route.plan, unit)
+    return json_response(
+        {
+            "tenant": tenant_id,
+            "unit": unit,
+            "experiment": route.plan.experiment.name,
+            "variant": decided.variant,
+            "model": decided.model,
+            "source": decided.source,
+        }
+    )
+
+
+async def reload(request: web.Request) -> web.Response:
+    _require_admin(request)
+    outcome = await request.app[CONFIG].reload(force=True)
+    return json_response(
+        {
+            "ok": outcome.ok,
+            "generation": outcome.snapshot.generation,
+            "tenants": len(outcome.snapshot.tenants),
+            "issues": [str(i) for i in outcome.issues],
+        }
+    )
+
+
+async def not_found(request: web.Request) -> web.Response:
+    raise NotFound(f"no route {request.method} {request.path}")

@@ -1,0 +1,141 @@
+"""The routing table: a Snapshot compiled for the hot path, rebuilt whole on every reload.
+
+A request reads ``RouterState.table`` once and keeps that table to the end, so a reload never changes
+the route of a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import aiohttp
+
+from router.assignment import ExperimentPlan
+from router.backends.base import Backend
+from router.backends.sagemaker import SageMakerBackend, SageMakerClients
+from router.backends.v2 import InstancePicker, V2Backend, V2Instance
+from router.limits import LimitSpec, TenantLimiter
+from tenancy.models import Endpoint, SageMakerEndpoint, Tenant, V2Endpoint
+from tenancy.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRoute:
+    tenant_id: str
+    config: Tenant
+    backend: Backend
+    limiter: TenantLimiter
+    deadline_s: float
+    max_body_bytes: int
+    api_keys: tuple[str, ...]
+    plan: ExperimentPlan | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingTable:
+    snapshot: Snapshot
+    routes: Mapping[str, TenantRoute]
+    backends: Mapping[str, Backend]
+
+
+class BackendFactory:
+    """Builds backends from endpoint config, reusing one where the config did not change."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        sagemaker: SageMakerClients,
+        *,
+        picker_factory: type[InstancePicker] = InstancePicker,
+    ) -> None:
+        self.session = session
+        self.sagemaker = sagemaker
+        self.picker_factory = picker_factory
+        self._built: dict[str, tuple[Endpoint, Backend]] = {}
+
+    def backend(self, name: str, endpoint: Endpoint) -> Backend:
+        known = self._built.get(name)
+        if known is not None and known[0] == endpoint:
+            return known[1]
+        built = self._build(name, endpoint)
+        self._built[name] = (endpoint, built)
+        return built
+
+    def _build(self, name: str, endpoint: Endpoint) -> Backend:
+        timeout_s = endpoint.timeout_ms / 1000
+        if isinstance(endpoint, V2Endpoint):
+            timeout = aiohttp.ClientTimeout(total=timeout_s)
+            instances = [
+                V2Instance(url, self.session, timeout=timeout) for url in endpoint.instances
+            ]
+            return V2Backend(
+                name, instances, attempt_timeout_s=timeout_s, picker=self.picker_factory()
+            )
+        assert isinstance(endpoint, SageMakerEndpoint)
+        return SageMakerBackend(
+            name,
+            endpoint_name=endpoint.endpoint_name,
+            region=endpoint.region,
+            endpoint_url=endpoint.endpoint_url,
+            clients=self.sagemaker,
+            attempt_timeout_s=timeout_s,
+        )
+
+    def prune(self, keep: set[str]) -> list[Backend]:
+        """Forget backends whose endpoint is gone; returns them so the caller can close them."""
+        gone = [name for name in self._built if name not in keep]
+        return [self._built.pop(name)[1] for name in gone]
+
+
+class LimiterRegistry:
+    """Limiters outlive reloads, so a config edit does not reset a tenant's in-flight count."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, TenantLimiter] = {}
+
+    def get(self, tenant_id: str, tenant: Tenant) -> TenantLimiter:
+        limits = tenant.limits
+        spec = LimitSpec(limits.max_concurrency, limits.rps, limits.burst)
+        limiter = self._limiters.get(tenant_id)
+        if limiter is None:
+            limiter = self._limiters[tenant_id] = TenantLimiter(spec)
+        else:
+            limiter.update(spec)
+        return limiter
+
+    def prune(self, keep: Mapping[str, object]) -> None:
+        for tenant_id in [t for t in self._limiters if t not in keep]:
+            del self._limiters[tenant_id]
+
+
+def compile_table(
+    snapshot: Snapshot, backends: BackendFactory, limiters: LimiterRegistry
+) -> RoutingTable:
+    built = {name: backends.backend(name, ep) for name, ep in snapshot.endpoints.items()}
+    routes: dict[str, TenantRoute] = {}
+    for tenant_id, tenant in snapshot.tenants.items():
+        # The tenant's timeout bounds the whole request; the endpoint's bounds each attempt.
+        routes[tenant_id] = TenantRoute(
+            tenant_id=tenant_id,
+            config=tenant,
+            backend=built[tenant.endpoint],
+            limiter=limiters.get(tenant_id, tenant),
+            deadline_s=tenant.limits.timeout_ms / 1000,
+            max_body_bytes=tenant.limits.max_body_bytes,
+            api_keys=tenant.auth.api_key_sha256,
+            plan=ExperimentPlan(tenant_id, tenant.experiment) if tenant.experiment else None,
+        )
+    limiters.prune(routes)
+    return RoutingTable(snapshot, MappingProxyType(routes), MappingProxyType(built))
+
+
+class RouterState:
+    """The one mutable reference a reload swaps."""
+
+    def __init__(self, table: RoutingTable) -> None:
+        self.table = table
