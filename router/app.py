@@ -77,7 +77,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 async def _routing(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     store = app[CONFIG]
-    backends = BackendFactory(app[HTTP], app[SAGEMAKER])
+    backends = BackendFactory(app[HTTP], app[SAGEMAKER], metrics)
     limiters = LimiterRegistry()
     app[BACKENDS] = backends
     app[LIMITERS] = limiters

@@ -45,7 +45,12 @@ class RouterMetrics:
             ["tenant", "model"],
             registry=r,
         )
-        self.in_flight = Gauge("router_in_flight_requests", "Requests being served", registry=r)
+        self.model_loads = Counter(
+            "router_model_loads",
+            "Model loads the router started on an instance (lazy load on miss)",
+            ["endpoint", "model"],
+            registry=r,
+        )
         self.config_generation = Gauge(
             "router_config_generation", "Generation of the serving config snapshot", registry=r
         )

@@ -18,6 +18,7 @@ from router.backends.base import Backend
 from router.backends.sagemaker import SageMakerBackend, SageMakerClients
 from router.backends.v2 import InstancePicker, V2Backend, V2Instance
 from router.limits import LimitSpec, TenantLimiter
+from router.metrics import RouterMetrics
 from tenancy.models import Endpoint, SageMakerEndpoint, Tenant, V2Endpoint
 from tenancy.snapshot import Snapshot
 
@@ -50,10 +51,12 @@ class BackendFactory:
         self,
         session: aiohttp.ClientSession,
         sagemaker: SageMakerClients,
+        metrics: RouterMetrics,
         *,
         picker_factory: type[InstancePicker] = InstancePicker,
     ) -> None:
         self.session = session
+        self.metrics = metrics
         self.sagemaker = sagemaker
         self.picker_factory = picker_factory
         self._built: dict[str, tuple[Endpoint, Backend]] = {}
@@ -73,8 +76,13 @@ class BackendFactory:
             instances = [
                 V2Instance(url, self.session, timeout=timeout) for url in endpoint.instances
             ]
+            loads = self.metrics.model_loads
             return V2Backend(
-                name, instances, attempt_timeout_s=timeout_s, picker=self.picker_factory()
+                name,
+                instances,
+                attempt_timeout_s=timeout_s,
+                picker=self.picker_factory(),
+                on_load=lambda _instance, model: loads.labels(name, model).inc(),
             )
         assert isinstance(endpoint, SageMakerEndpoint)
         return SageMakerBackend(

@@ -8,6 +8,7 @@ same cold model share one load.
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import logging
 import time
@@ -31,6 +32,7 @@ from router.errors import (
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 500
+LARGE_BODY = 1 << 20
 DOWN_FOR_S = 1.0  # how long an instance that refused a connection is skipped
 
 
@@ -89,7 +91,9 @@ class V2Instance:
         url = self._infer_urls.get(model)
         if url is None:
             url = self._infer_urls[model] = self._model_url(model, "models/{}/infer")
-        async with self._session.post(url, data=body, headers=headers, timeout=self._timeout) as r:
+        # aiohttp writes large bytes bodies in one blocking call (and warns): stream those instead.
+        data: bytes | io.BytesIO = body if len(body) < LARGE_BODY else io.BytesIO(body)
+        async with self._session.post(url, data=data, headers=headers, timeout=self._timeout) as r:
             return r.status, await r.read(), r.headers.get("Content-Type", "application/json")
 
     async def load(self, model: str, *, timeout_s: float = 60.0) -> None:

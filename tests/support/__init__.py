@@ -1,0 +1,1 @@
+"""Support code for the test suite: real components (MLServer, Redis, moto) and thin fronts."""
