@@ -21,7 +21,7 @@ import redis
 
 from bench import config as cfg
 from bench.load import LoadResult, LoadSpec, UnitMode
-from bench.procs import Processes, Server, raise_on_sigterm
+from bench.procs import Processes, Server, handle_stop_signals
 from bench.pyload import run_pyload
 from bench.report import Kind, Report, machine_info
 from bench.wrk import ensure_wrk, run_wrk, wrk_version
@@ -271,7 +271,7 @@ def serve_forever(upstream: Server, proxy: Server, router: Server, targets: list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_on_sigterm()
+    handle_stop_signals()
     run, loadgen, fallback = choose_loadgen(args.loadgen, args.pin)
     redis_ver = redis_version(args.redis_url)
     nonce = f"{int(time.time())}-{os.getpid()}"

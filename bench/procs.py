@@ -21,8 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the benchmark process goes away."""
+def die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it when the benchmark process goes away (Linux)."""
+    if sys.platform != "linux":
+        return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -69,7 +71,7 @@ class Processes:
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent,
         )
         server = Server(name, url, proc.pid, log_path)
         self._procs.append((server, proc, log))
@@ -100,10 +102,12 @@ class Processes:
             log.close()
 
 
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into SystemExit so ``finally`` blocks stop the children."""
+def handle_stop_signals() -> None:
+    """Ctrl-C raises KeyboardInterrupt (even when started with SIGINT ignored, as ``cmd &`` is) and
+    SIGTERM raises SystemExit, so ``finally`` blocks stop the children either way."""
 
-    def handler(signum: int, frame: FrameType | None) -> None:
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -24,6 +24,7 @@ import aiohttp
 import uvloop
 
 from bench.load import LoadResult, LoadSpec
+from bench.procs import die_with_parent
 
 
 def percentile(ordered: list[float], pct: float) -> float:
@@ -111,6 +112,7 @@ def run_pyload(spec: LoadSpec, *, cpus: set[int] | None = None) -> LoadResult:
         timeout=spec.duration_s + 60,
         cwd=Path(__file__).resolve().parent.parent,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        preexec_fn=die_with_parent,
         check=False,
     )
     if done.returncode != 0:

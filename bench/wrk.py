@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bench.load import LoadResult, LoadSpec
+from bench.procs import die_with_parent
 
 LUA = Path(__file__).with_name("post.lua")
 
@@ -92,7 +93,13 @@ def run_wrk(spec: LoadSpec, *, cpus: set[int] | None = None) -> LoadResult:
     if cpus:
         argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
     done = subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=spec.duration_s + 60, check=False
+        argv,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=spec.duration_s + 60,
+        preexec_fn=die_with_parent,
+        check=False,
     )
     if done.returncode != 0:
         raise WrkError(f"wrk exited {done.returncode}: {done.stderr.strip() or done.stdout}")

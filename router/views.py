@@ -75,7 +75,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             assignment = await service.assign(route, headers.get("X-Unit-Id"))
             call = Call(
                 body=body,
-                content_type=headers.get("Content-Type", "application/octet-stream"),
+                content_type=headers.get("Content-Type", "application/json"),
                 request_id=request_id,
                 accept=headers.get("Accept"),
                 custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),

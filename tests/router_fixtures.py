@@ -161,12 +161,12 @@ async def start_router(redis_url: str) -> AsyncIterator[RouterFactory]:
         await router.runner.cleanup()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> None:
     """Wait until ``check()`` holds; fail with the time it took otherwise."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while not await check():
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
+            pytest.fail(f"condition not met within {within_s}s")
         await asyncio.sleep(0.05)
 
 

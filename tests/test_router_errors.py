@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import contextlib
+import io
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ def error_of(status: int, headers: Mapping[str, str], body: bytes, expected: int
     error = orjson.loads(body)["error"]
     assert error["code"] == code
     assert error["request_id"] == headers["X-Request-Id"]
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     message: str = error["message"]
     return message
 

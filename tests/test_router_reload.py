@@ -29,7 +29,7 @@ async def test_valid_edit_serves_within_two_seconds(
     async def switched() -> bool:
         return (await router.invoke("globex"))[1]["X-Model-Id"] == "iris-knn"
 
-    await eventually(switched, timeout=2.0)
+    await eventually(switched, within_s=2.0)
     assert router.metric("router_config_reloads_total", result="ok") >= 1
 
 
@@ -42,7 +42,7 @@ async def test_broken_file_keeps_the_last_good_version(
     async def counted() -> bool:
         return router.metric("router_config_reloads_total", result="error") >= 1
 
-    await eventually(counted, timeout=2.0)
+    await eventually(counted, within_s=2.0)
     status, headers, _ = await router.invoke("globex")
     assert (status, headers["X-Model-Id"]) == (200, "iris-tree")
 

@@ -40,12 +40,12 @@ async def watching(store: ConfigStore) -> AsyncIterator[list[ReloadOutcome]]:
             await task
 
 
-async def until(predicate: object, timeout: float = 2.0) -> float:
+async def until(predicate: object, limit_s: float = 2.0) -> float:
     """Seconds until ``predicate()`` is true; fails past ``timeout`` (SPEC: changes within 2 s)."""
     assert callable(predicate)
     start = time.monotonic()
     while not predicate():
-        assert time.monotonic() - start < timeout, "not picked up within 2 s"
+        assert time.monotonic() - start < limit_s, "not picked up within 2 s"
         await asyncio.sleep(0.02)
     return time.monotonic() - start
 
