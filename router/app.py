@@ -4,7 +4,6 @@ context in dependency order and torn down in reverse."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -17,6 +16,7 @@ from redis.backoff import NoBackoff
 from router import ops, views
 from router.assignment import Assigner
 from router.backends.sagemaker import SageMakerClients
+from router.backends.v2 import V2Backend
 from router.http_errors import error_middleware
 from router.keys import (
     ASSIGNER,
@@ -32,9 +32,17 @@ from router.keys import (
     STATE,
 )
 from router.metrics import RouterMetrics
-from router.routing import BackendFactory, LimiterRegistry, RouterState, compile_table
+from router.routing import (
+    BackendFactory,
+    LimiterRegistry,
+    RouterState,
+    RoutingTable,
+    compile_table,
+)
 from router.service import InvocationService
 from router.settings import Settings
+from router.traffic import TrafficCounter
+from router.warm_map import WarmMap
 from tenancy.store import ConfigStore, ReloadOutcome
 
 log = logging.getLogger(__name__)
@@ -75,33 +83,50 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _routing(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     metrics = app[METRICS]
     store = app[CONFIG]
-    backends = BackendFactory(app[HTTP], app[SAGEMAKER], metrics)
+    redis = app[REDIS]
+    warm_map = WarmMap(redis)
+    traffic = TrafficCounter(redis)
+    backends = BackendFactory(
+        app[HTTP], app[SAGEMAKER], metrics, warm_map=warm_map, traffic=traffic
+    )
     limiters = LimiterRegistry()
     app[BACKENDS] = backends
     app[LIMITERS] = limiters
     state = RouterState(compile_table(store.current, backends, limiters))
+    await backends.refresh_discovered()
     app[STATE] = state
-    assigner = Assigner(app[REDIS], metrics, budget_s=app[SETTINGS].redis_budget_ms / 1000)
+    assigner = Assigner(redis, metrics, budget_s=settings.redis_budget_ms / 1000)
     app[ASSIGNER] = assigner
     app[SERVICE] = InvocationService(metrics, assigner)
     metrics.config_generation.set(store.current.generation)
+
+    def track_v2(table: RoutingTable) -> None:
+        warm_map.track(name for name, b in table.backends.items() if isinstance(b, V2Backend))
 
     def swap(outcome: ReloadOutcome) -> None:
         metrics.config_reloads.labels("ok" if outcome.ok else "error").inc()
         if outcome.changed:
             state.table = compile_table(outcome.snapshot, backends, limiters)
             backends.prune(set(outcome.snapshot.endpoints))
+            track_v2(state.table)
             assigner.clear_cache()
             metrics.config_generation.set(outcome.snapshot.generation)
 
+    track_v2(state.table)
     store.on_reload = swap
-    watcher = asyncio.create_task(store.watch(app[SETTINGS].reload_interval_s), name="config-watch")
+    tasks = [
+        asyncio.create_task(store.watch(settings.reload_interval_s), name="config-watch"),
+        asyncio.create_task(warm_map.run(), name="warm-map"),
+        asyncio.create_task(traffic.run(), name="traffic-flush"),
+    ]
     yield
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await backends.aclose()
 
 
 def create_app(settings: Settings, *, metrics: RouterMetrics | None = None) -> web.Application:

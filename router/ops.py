@@ -13,8 +13,7 @@ from redis.exceptions import RedisError
 from router.errors import InvalidRequest, NotFound, NotReady, TenantNotFound, Unauthorized
 from router.keys import ASSIGNER, CONFIG, METRICS, REDIS, SETTINGS, STATE
 from router.routing import TenantRoute
-
-WARM_KEY = "wr:warm:{endpoint}"  # set to "1" by the preloader while an endpoint's warm set is warm
+from router.warm_map import warm_flag_key
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -36,7 +35,7 @@ async def readyz(request: web.Request) -> web.Response:
     if request.app[SETTINGS].wait_for_warm and table.backends:
         names = sorted(table.backends)
         try:
-            values = await request.app[REDIS].mget([WARM_KEY.format(endpoint=n) for n in names])
+            values = await request.app[REDIS].mget([warm_flag_key(n) for n in names])
         except (RedisError, OSError) as exc:
             raise NotReady(
                 f"cannot read the preloader's warm signal: {exc}", retry_after=1

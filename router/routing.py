@@ -6,6 +6,7 @@ the route of a request in flight.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from router.backends.sagemaker import SageMakerBackend, SageMakerClients
 from router.backends.v2 import InstancePicker, V2Backend, V2Instance
 from router.limits import LimitSpec, TenantLimiter
 from router.metrics import RouterMetrics
+from router.traffic import TrafficCounter
+from router.warm_map import WarmMap
 from tenancy.models import Endpoint, SageMakerEndpoint, Tenant, V2Endpoint
 from tenancy.snapshot import Snapshot
 
@@ -53,19 +56,28 @@ class BackendFactory:
         sagemaker: SageMakerClients,
         metrics: RouterMetrics,
         *,
-        picker_factory: type[InstancePicker] = InstancePicker,
+        warm_map: WarmMap | None = None,
+        traffic: TrafficCounter | None = None,
     ) -> None:
         self.session = session
-        self.metrics = metrics
         self.sagemaker = sagemaker
-        self.picker_factory = picker_factory
+        self.metrics = metrics
+        self.warm_map = warm_map
+        self.traffic = traffic
         self._built: dict[str, tuple[Endpoint, Backend]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def backend(self, name: str, endpoint: Endpoint) -> Backend:
         known = self._built.get(name)
         if known is not None and known[0] == endpoint:
             return known[1]
         built = self._build(name, endpoint)
+        if self.traffic is not None:
+            traffic = self.traffic
+            built.on_request = lambda model: traffic.count(name, model)
+        built.start()
+        if known is not None:
+            self._retire(known[1])
         self._built[name] = (endpoint, built)
         return built
 
@@ -73,16 +85,23 @@ class BackendFactory:
         timeout_s = endpoint.timeout_ms / 1000
         if isinstance(endpoint, V2Endpoint):
             timeout = aiohttp.ClientTimeout(total=timeout_s)
-            instances = [
-                V2Instance(url, self.session, timeout=timeout) for url in endpoint.instances
-            ]
+
+            def make(url: str) -> V2Instance:
+                return V2Instance(url, self.session, timeout=timeout)
+
+            warm_map = self.warm_map
+            picker = InstancePicker(
+                (lambda model: warm_map.instances_for(name, model)) if warm_map else None
+            )
             loads = self.metrics.model_loads
             return V2Backend(
                 name,
-                instances,
+                [make(url) for url in endpoint.instances],
                 attempt_timeout_s=timeout_s,
-                picker=self.picker_factory(),
+                picker=picker,
                 on_load=lambda _instance, model: loads.labels(name, model).inc(),
+                discovery=endpoint.discovery,
+                make_instance=make,
             )
         assert isinstance(endpoint, SageMakerEndpoint)
         return SageMakerBackend(
@@ -94,10 +113,32 @@ class BackendFactory:
             attempt_timeout_s=timeout_s,
         )
 
-    def prune(self, keep: set[str]) -> list[Backend]:
-        """Forget backends whose endpoint is gone; returns them so the caller can close them."""
-        gone = [name for name in self._built if name not in keep]
-        return [self._built.pop(name)[1] for name in gone]
+    def _retire(self, backend: Backend) -> None:
+        # In-flight requests keep their reference; only background work stops.
+        task = asyncio.create_task(backend.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def prune(self, keep: set[str]) -> None:
+        """Retire backends whose endpoint is gone."""
+        for name in [n for n in self._built if n not in keep]:
+            self._retire(self._built.pop(name)[1])
+
+    async def refresh_discovered(self) -> None:
+        """Resolve discovered endpoints once, so the first request has instances."""
+        for _, backend in self._built.values():
+            if isinstance(backend, V2Backend) and backend.discovery is not None:
+                try:
+                    await backend.refresh_instances()
+                except OSError as exc:
+                    log.warning("endpoint=%s discovery failed: %s", backend.name, exc)
+
+    async def aclose(self) -> None:
+        for _, backend in self._built.values():
+            await backend.aclose()
+        self._built.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 class LimiterRegistry:

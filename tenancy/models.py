@@ -168,6 +168,9 @@ class Preload(Frozen):
     priority: int = 0
     sample: JsonValue = Field(default=None, description="Warm-up request body (JSON).")
     content_type: str = "application/json"
+    size_bytes: int | None = Field(
+        default=None, ge=1, description="Model size in memory, for a capacity in bytes."
+    )
 
 
 class Tenant(Frozen):

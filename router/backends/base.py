@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ class Backend(abc.ABC):
     name: str
     kind: str
     attempt_timeout_s: float
+    # Called with the model of every request (the router's recent-traffic counters).
+    on_request: Callable[[str], None] | None = None
 
     @abc.abstractmethod
     async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
@@ -40,5 +43,8 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What the admin API shows about this endpoint."""
 
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Start background work owned by this backend (discovery loops); needs a running loop."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
-        """Stop background work owned by this backend (discovery loops)."""
+        """Stop background work owned by this backend."""

@@ -136,6 +136,8 @@ class SageMakerBackend(Backend):
         }
 
     async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
+        if self.on_request is not None:
+            self.on_request(request.model)
         client = await self.clients.runtime(self.region, self.endpoint_url)
         kwargs: dict[str, Any] = {
             "EndpointName": self.endpoint_name,

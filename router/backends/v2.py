@@ -8,6 +8,7 @@ same cold model share one load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import logging
@@ -21,6 +22,7 @@ import orjson
 from yarl import URL
 
 from router.backends.base import Backend, UpstreamRequest, UpstreamResponse
+from router.backends.discovery import resolve_instances
 from router.errors import (
     InvalidRequest,
     Overloaded,
@@ -28,6 +30,7 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from tenancy.models import Discovery
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +144,15 @@ class V2Instance:
 
 
 class InstancePicker:
-    """Which instance serves a model. Round robin; the preloader's warm map refines it."""
+    """Which instance serves a model: round robin, warm instances first when a warm map is known.
 
-    def __init__(self) -> None:
+    With ``warm`` (the preloader's published state), a model's traffic goes only to instances where
+    it is warm; the others are tried only when no warm instance can be reached.
+    """
+
+    def __init__(self, warm: Callable[[str], frozenset[str]] | None = None) -> None:
         self._counter = itertools.count()
+        self._warm = warm
 
     def order(self, model: str, instances: Sequence[V2Instance]) -> list[V2Instance]:
         """Instances to try, best first."""
@@ -154,7 +162,14 @@ class InstancePicker:
         now = time.monotonic()
         # Skip instances that just refused connections, unless every one did.
         up = [i for i in ordered if i.down_until <= now]
-        return up or ordered
+        ordered = up or ordered
+        if self._warm is not None:
+            warm = self._warm(model)
+            if warm:
+                ordered = [i for i in ordered if i.url in warm] + [
+                    i for i in ordered if i.url not in warm
+                ]
+        return ordered
 
 
 class V2Backend(Backend):
@@ -168,6 +183,8 @@ class V2Backend(Backend):
         attempt_timeout_s: float,
         picker: InstancePicker | None = None,
         on_load: Callable[[str, str], None] | None = None,
+        discovery: Discovery | None = None,
+        make_instance: Callable[[str], V2Instance] | None = None,
     ) -> None:
         self.name = name
         self.instances: list[V2Instance] = list(instances)
@@ -175,12 +192,54 @@ class V2Backend(Backend):
         self.picker = picker or InstancePicker()
         self._loads: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._on_load = on_load
+        self.discovery = discovery
+        self._make_instance = make_instance
+        self._discovery_task: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "instances": [i.url for i in self.instances]}
+        described: dict[str, Any] = {
+            "kind": self.kind,
+            "instances": [i.url for i in self.instances],
+        }
+        if self.discovery is not None:
+            described["discovery"] = self.discovery.model_dump()
+        return described
 
-    def set_instances(self, instances: Sequence[V2Instance]) -> None:
-        self.instances = list(instances)
+    def set_urls(self, urls: Sequence[str]) -> None:
+        """Replace the instance list, keeping the objects (and their state) of known URLs."""
+        assert self._make_instance is not None
+        known = {i.url: i for i in self.instances}
+        self.instances = [known.get(u.rstrip("/")) or self._make_instance(u) for u in urls]
+
+    async def refresh_instances(self) -> None:
+        if self.discovery is None:
+            return
+        urls = await resolve_instances(self.discovery)
+        if urls != [i.url for i in self.instances]:
+            log.info("endpoint=%s instances=%s", self.name, ",".join(urls) or "none")
+        self.set_urls(urls)
+
+    async def _discover(self) -> None:
+        assert self.discovery is not None
+        while True:
+            try:
+                await self.refresh_instances()
+            except OSError as exc:  # socket.gaierror: keep the last known instances
+                log.warning("endpoint=%s discovery failed: %s", self.name, exc)
+            await asyncio.sleep(self.discovery.interval_s)
+
+    def start(self) -> None:
+        if self.discovery is not None and self._discovery_task is None:
+            self._discovery_task = asyncio.create_task(
+                self._discover(), name=f"discover {self.name}"
+            )
+
+    async def aclose(self) -> None:
+        task, self._discovery_task = self._discovery_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def ensure_loaded(self, instance: V2Instance, model: str) -> None:
         """Load ``model`` on ``instance`` once, however many requests wait for it.
@@ -199,6 +258,8 @@ class V2Backend(Backend):
         await asyncio.shield(task)
 
     async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
+        if self.on_request is not None:
+            self.on_request(request.model)
         instances = self.instances
         if not instances:
             raise UpstreamError(f"endpoint {self.name!r} has no instances")

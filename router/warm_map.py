@@ -1,0 +1,103 @@
+"""Which models are warm on which v2 instance, as the preloader publishes it in Redis.
+
+Contract (written by ``preloader``, read here):
+
+- ``wr:warmmap:{endpoint}`` — a hash: field = instance base URL, value = JSON
+  ``{"models": [...], "ts": <unix seconds>}``; entries older than ``STALE_AFTER_S`` are ignored
+  (a dead preloader must not pin traffic to a stale picture).
+- ``wr:warm:{endpoint}`` — ``"1"`` while the endpoint's whole warm set is warm on every instance
+  (with a TTL the preloader refreshes); the router's ``/readyz --wait-for-warm`` reads it.
+- ``wr:traffic:{endpoint}:{minute}`` — a hash model -> requests in that minute (router writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER_S = 30.0
+
+
+def warm_map_key(endpoint: str) -> str:
+    return f"wr:warmmap:{endpoint}"
+
+
+def warm_flag_key(endpoint: str) -> str:
+    return f"wr:warm:{endpoint}"
+
+
+def traffic_key(endpoint: str, minute: int) -> str:
+    return f"wr:traffic:{endpoint}:{minute}"
+
+
+def encode_entry(models: Iterable[str], now: float) -> bytes:
+    return orjson.dumps({"models": sorted(models), "ts": now})
+
+
+def decode_map(raw: Mapping[bytes, bytes], now: float) -> dict[str, frozenset[str]]:
+    """model -> instances where it is warm, from one HGETALL; stale or garbled entries skipped."""
+    by_model: dict[str, set[str]] = {}
+    for field, value in raw.items():
+        try:
+            entry = orjson.loads(value)
+            if now - float(entry["ts"]) > STALE_AFTER_S:
+                continue
+            models = entry["models"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        instance = field.decode()
+        for model in models:
+            by_model.setdefault(str(model), set()).add(instance)
+    return {model: frozenset(urls) for model, urls in by_model.items()}
+
+
+class WarmMap:
+    """A local copy of the published warm state, refreshed in the background (never per request)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.interval_s = interval_s
+        self._clock = clock
+        self._endpoints: tuple[str, ...] = ()
+        self.warm: dict[str, dict[str, frozenset[str]]] = {}  # endpoint -> model -> instances
+
+    def track(self, endpoints: Iterable[str]) -> None:
+        self._endpoints = tuple(endpoints)
+
+    def instances_for(self, endpoint: str, model: str) -> frozenset[str]:
+        return self.warm.get(endpoint, {}).get(model, frozenset())
+
+    async def refresh(self) -> None:
+        endpoints = self._endpoints
+        if not endpoints:
+            self.warm = {}
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for endpoint in endpoints:
+                pipe.hgetall(warm_map_key(endpoint))
+            results = await pipe.execute()
+        now = self._clock()
+        self.warm = {e: decode_map(raw, now) for e, raw in zip(endpoints, results, strict=True)}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except (RedisError, OSError) as exc:
+                # Keep the last picture: still better than nothing while Redis is away.
+                log.debug("warm map refresh failed: %r", exc)
+            await asyncio.sleep(self.interval_s)
