@@ -69,17 +69,20 @@ async def _sagemaker(app: web.Application) -> AsyncIterator[None]:
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     budget_s = app[SETTINGS].redis_budget_ms / 1000
     # No client-side retries: the request's Redis budget is the only retry policy.
-    client = aioredis.Redis.from_url(
+    # A blocking pool: past max_connections a call waits (inside its budget) instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
         app[SETTINGS].redis_url,
+        max_connections=128,
+        timeout=max(budget_s, 0.05),
         socket_connect_timeout=max(budget_s, 0.05),
         socket_timeout=max(budget_s * 5, 0.1),
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
-        max_connections=256,
     )
+    client = aioredis.Redis(connection_pool=pool)
     app[REDIS] = client
     yield
-    await client.aclose()
+    await client.aclose(close_connection_pool=True)
 
 
 async def _routing(app: web.Application) -> AsyncIterator[None]:
@@ -126,6 +129,7 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await assigner.aclose()
     await backends.aclose()
 
 

@@ -133,6 +133,7 @@ class Assigner:
         self._cache_ttl_s = cache_ttl_s
         self._rng = rng
         self._clock = clock
+        self._late: set[asyncio.Future[bytes | str | None]] = set()
         self._count = {
             s: metrics.assignments.labels(s) for s in ("override", "stored", "hash", "weighted")
         }
@@ -159,7 +160,8 @@ class Assigner:
         cache_key = (plan.version, unit)
         cached = self._cache.get(cache_key)
         now = self._clock()
-        if cached is not None and cached[1] > now:
+        # With the breaker open Redis is known bad: the hash decides, so replicas agree (SPEC 6).
+        if cached is not None and cached[1] > now and not self.breaker.is_open:
             self._cache.move_to_end(cache_key)
             variant = plan.variant(cached[0])
             if variant is not None:
@@ -177,31 +179,54 @@ class Assigner:
     async def _stored(
         self, plan: ExperimentPlan, unit: str, candidate: Variant, *, store: bool
     ) -> str | None:
-        """The stored value that stands ("" when the candidate was just stored); None: no answer."""
+        """The stored value that stands ("" when the candidate was just stored); None: no answer.
+
+        The Redis call is never cancelled: past the budget the request goes on with the hash while
+        the call finishes in the background. Cancelling would drop its pooled connection (more
+        reconnects exactly when Redis or the loop is slow) and lose the first assignment's write.
+        """
         if not self.breaker.allow():
             return None
-        key = plan.key_prefix + unit
+        call = asyncio.ensure_future(self._call(plan, unit, candidate, store=store))
+        done, _ = await asyncio.wait((call,), timeout=self.budget_s)
+        if not done:
+            self.breaker.failure()
+            self.metrics.redis_errors.inc()
+            self._late.add(call)
+            call.add_done_callback(self._late_answer)
+            return None
         try:
-            async with asyncio.timeout(self.budget_s):
-                if store:
-                    standing = plan.standing(candidate)
-                    raw = await self._script(
-                        keys=[key], args=[candidate.name, plan.ttl_s, *standing]
-                    )
-                else:
-                    raw = await self.redis.get(key)
-                    value = raw.decode() if isinstance(raw, bytes) else raw
-                    if value is not None and value not in plan.standing(candidate):
-                        raw = None
-        except (RedisError, TimeoutError, OSError) as exc:
+            raw = call.result()
+        except (RedisError, OSError) as exc:
             self.breaker.failure()
             self.metrics.redis_errors.inc()
             log.debug("redis unavailable for assignment: %r", exc)
             return None
         self.breaker.success()
-        if raw is None or raw is False:
+        if raw is None:  # Lua false arrives as None: the candidate was stored
             return "" if store else None
         return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def _call(
+        self, plan: ExperimentPlan, unit: str, candidate: Variant, *, store: bool
+    ) -> bytes | str | None:
+        key = plan.key_prefix + unit
+        if store:
+            standing = plan.standing(candidate)
+            raw: bytes | str | None = await self._script(
+                keys=[key], args=[candidate.name, plan.ttl_s, *standing]
+            )
+            return raw
+        value = await self.redis.get(key)
+        text = value.decode() if isinstance(value, bytes) else value
+        return text if text is not None and text in plan.standing(candidate) else None
+
+    def _late_answer(self, call: asyncio.Future[bytes | str | None]) -> None:
+        self._late.discard(call)
+        if call.cancelled():
+            return
+        if call.exception() is None:
+            self.breaker.success()  # Redis did answer: slow, not down
 
     def _remember(self, key: tuple[int, str], variant: str, now: float) -> None:
         cache = self._cache
@@ -212,3 +237,8 @@ class Assigner:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    async def aclose(self) -> None:
+        """Let late Redis calls finish (they store first assignments), briefly."""
+        if self._late:
+            await asyncio.wait(set(self._late), timeout=1.0)

@@ -6,6 +6,7 @@ block only at session start); the SageMaker front is async because it runs on th
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from tests.support.sagemaker_front import SageMakerFront, start_sagemaker_front
 MLServerPair = tuple[mls.MLServerInstance, mls.MLServerInstance]
 
 MACHINE_REDIS = ("127.0.0.1", 6379)
-TEST_REDIS_DB = 9
+# Overridable so two test runs on one machine (one Redis) do not flush each other's data.
+TEST_REDIS_DB = int(os.environ.get("WARMROUTE_TEST_REDIS_DB", "9"))
 SAGEMAKER_ENDPOINT = "mme-test"
 
 
