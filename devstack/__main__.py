@@ -1,0 +1,24 @@
+"""``python -m devstack run [--config DIR]``: the local stack of ``make run``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from devstack.mlserver import repo_root
+from devstack.stack import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("run", help="MLServer x2 + Redis + router + preloader")
+    start.add_argument("--config", type=Path, default=repo_root() / "examples" / "config")
+    start.add_argument("--state", type=Path, default=repo_root() / ".cache" / "devstack")
+    args = parser.parse_args(argv)
+    return run(args.config, args.state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
