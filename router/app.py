@@ -31,6 +31,7 @@ from router.keys import (
     SETTINGS,
     STATE,
 )
+from router.loops import cancel_and_wait
 from router.metrics import RouterMetrics
 from router.routing import (
     BackendFactory,
@@ -126,9 +127,7 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(traffic.run(), name="traffic-flush"),
     ]
     yield
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(tasks)
     await assigner.aclose()
     await backends.aclose()
 

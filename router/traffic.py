@@ -15,6 +15,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from router.loops import reraise_if_cancelling
 from router.warm_map import traffic_key
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class TrafficCounter:
                     pipe.expire(key, KEEP_MINUTES * 60)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
+            reraise_if_cancelling(exc)
             log.debug("traffic flush failed, counts dropped: %r", exc)
 
     async def run(self) -> None:

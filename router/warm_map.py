@@ -21,6 +21,8 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from router.loops import reraise_if_cancelling
+
 log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 30.0
@@ -98,6 +100,7 @@ class WarmMap:
             try:
                 await self.refresh()
             except (RedisError, OSError) as exc:
+                reraise_if_cancelling(exc)
                 # Keep the last picture: still better than nothing while Redis is away.
                 log.debug("warm map refresh failed: %r", exc)
             await asyncio.sleep(self.interval_s)

@@ -95,6 +95,9 @@ class ConfigStore:
             try:
                 await self.reload()
             except OSError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
                 log.exception("config watch failed; will retry")
 
     def _build(self, previous: Snapshot | None) -> tuple[Snapshot, tuple[ConfigIssue, ...]]:

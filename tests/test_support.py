@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from devstack import mlserver as mls
 from devstack.ports import free_port, wait_http
 from devstack.redis_server import RedisServer, ensure_redis
+from tests.conftest import TEST_REDIS_DB
 from tests.support.aws import runtime_client
 from tests.support.moto_server import (
     MotoServer,
@@ -363,8 +364,8 @@ async def test_moto_endpoint_scale_out_shows_in_describe(moto: MotoServer) -> No
 # -- Redis -------------------------------------------------------------------------------------
 
 
-def test_redis_url_is_db_9_and_flushed(redis_url: str) -> None:
-    assert redis_url.endswith("/9")
+def test_redis_url_is_the_test_db_and_flushed(redis_url: str) -> None:
+    assert redis_url.endswith(f"/{TEST_REDIS_DB}")
     client = redis.Redis.from_url(redis_url)
     try:
         assert client.dbsize() == 0

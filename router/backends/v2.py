@@ -8,7 +8,6 @@ same cold model share one load.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import itertools
 import logging
@@ -30,6 +29,7 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from router.loops import cancel_and_wait
 from tenancy.models import Discovery
 
 log = logging.getLogger(__name__)
@@ -237,9 +237,7 @@ class V2Backend(Backend):
     async def aclose(self) -> None:
         task, self._discovery_task = self._discovery_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait([task])
 
     async def ensure_loaded(self, instance: V2Instance, model: str) -> None:
         """Load ``model`` on ``instance`` once, however many requests wait for it.

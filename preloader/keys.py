@@ -1,0 +1,23 @@
+"""Typed keys for everything the preloader app shares."""
+
+from __future__ import annotations
+
+import aiohttp
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from preloader.engine import Preloader
+from preloader.metrics import PreloaderMetrics
+from preloader.progress import Progress
+from preloader.settings import Settings
+from router.backends.sagemaker import SageMakerClients
+from tenancy.store import ConfigStore
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", PreloaderMetrics)
+PROGRESS = web.AppKey("progress", Progress)
+CONFIG = web.AppKey("config", ConfigStore)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+REDIS = web.AppKey("redis", aioredis.Redis)
+SAGEMAKER = web.AppKey("sagemaker", SageMakerClients)
+PRELOADER = web.AppKey("preloader", Preloader)
