@@ -32,15 +32,19 @@ async def readyz(request: web.Request) -> web.Response:
     table = request.app[STATE].table
     if table.snapshot.generation < 1:
         raise NotReady("config not loaded yet", retry_after=1)
-    if request.app[SETTINGS].wait_for_warm and table.backends:
-        names = sorted(table.backends)
+    state = request.app[STATE]
+    waiting = sorted(set(table.backends) - state.warm_seen)
+    if request.app[SETTINGS].wait_for_warm and waiting:
+        # Latched per endpoint: once warm, a later scale-out (flag down while a new MME instance
+        # warms) must not take every router replica out of service.
         try:
-            values = await request.app[REDIS].mget([warm_flag_key(n) for n in names])
+            values = await request.app[REDIS].mget([warm_flag_key(n) for n in waiting])
         except (RedisError, OSError) as exc:
             raise NotReady(
                 f"cannot read the preloader's warm signal: {exc}", retry_after=1
             ) from exc
-        cold = [n for n, v in zip(names, values, strict=True) if v != b"1"]
+        state.warm_seen.update(n for n, v in zip(waiting, values, strict=True) if v == b"1")
+        cold = [n for n in waiting if n not in state.warm_seen]
         if cold:
             raise NotReady(f"waiting for the preloader to warm: {', '.join(cold)}", retry_after=1)
     return json_response({"status": "ready", "generation": table.snapshot.generation})

@@ -21,7 +21,7 @@ from router.metrics import RouterMetrics
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "dashboards" / "warmroute.json"
-GUIDE = REPO / "docs" / "deploy.md"
+GUIDE = REPO / "README.md"
 DATASOURCE = "${datasource}"
 
 # SPEC.md, "Data plane (router)", Metrics: the preloader's names.
@@ -195,7 +195,7 @@ def test_deploy_guide_names_only_paths_that_exist() -> None:
     paths = set(re.findall(r"\b((?:k8s|dashboards|examples|docs)/[\w./-]*\w)", text))
     assert paths, "the guide names no file"
     missing = sorted(p for p in paths if not (REPO / p).exists())
-    assert not missing, f"docs/deploy.md names missing paths: {missing}"
+    assert not missing, f"README.md names missing paths: {missing}"
     for overlay in ("cluster", "sidecar", "mme-sidecar"):
         assert f"k8s/overlays/{overlay}" in text, f"the guide does not cover {overlay}"
     for permission in ("sagemaker:InvokeEndpoint", "sagemaker:DescribeEndpoint"):

@@ -198,6 +198,10 @@ async def test_503_not_ready_until_the_preloader_says_warm(
         assert "mme" in (await resp.json())["error"]["message"]
     client = aioredis.Redis.from_url(redis_url)
     await client.set("wr:warm:mme", "1")
+    async with router.session.get(f"{router.url}/readyz") as resp:
+        assert resp.status == 200
+    # Latched: a later scale-out (flag down while a new instance warms) keeps the router ready.
+    await client.delete("wr:warm:mme")
     await client.aclose()
     async with router.session.get(f"{router.url}/readyz") as resp:
         assert resp.status == 200

@@ -45,6 +45,10 @@ class SageMakerClients:
             retries={"total_max_attempts": 1, "mode": "standard"},
             tcp_keepalive=True,
         )
+        # The control plane (DescribeEndpoint) is off the request path: a few standard retries.
+        self._control_config = AioConfig(
+            connect_timeout=5, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"}
+        )
 
     async def runtime(self, region: str, endpoint_url: str | None) -> SageMakerRuntimeClient:
         key = (region, endpoint_url)
@@ -73,7 +77,10 @@ class SageMakerClients:
                 if client is None:
                     client = await self._stack.enter_async_context(
                         self._session.create_client(
-                            "sagemaker", region_name=region, endpoint_url=endpoint_url
+                            "sagemaker",
+                            region_name=region,
+                            endpoint_url=endpoint_url,
+                            config=self._control_config,
                         )
                     )
                     self._control[key] = client
