@@ -188,3 +188,4 @@ class RouterState:
 
     def __init__(self, table: RoutingTable) -> None:
         self.table = table
+        self.warm_seen: set[str] = set()  # endpoints the preloader has reported warm once
