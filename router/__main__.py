@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -14,6 +15,16 @@ from router.settings import parse_settings
 from tenancy.store import ConfigError
 
 
+async def _freeze_gc(app: web.Application) -> None:
+    """Move everything built at start-up (modules, clients, config) out of the collector's sight.
+
+    Measured under load: full collections of the ~74k start-up objects paused the loop ~40 ms each,
+    ~9 % of wall time; frozen, they average ~4 ms (bench/, README "Where the time goes").
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     setup_logging(os.environ.get("WARMROUTE_LOG_LEVEL", "INFO"))
@@ -24,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         for issue in exc.issues:
             print(f"  {issue}", file=sys.stderr)
         return 2
+    app.on_startup.append(_freeze_gc)
     loop = uvloop.new_event_loop()
     web.run_app(
         app,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,9 @@ class UpstreamRequest:
     request_id: str
     accept: str | None = None
     custom_attributes: str | None = None
+    # time.monotonic() by which the whole request must be answered (the tenant's timeout); each
+    # attempt gets min(the endpoint's attempt timeout, what is left). One timer per attempt.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,13 @@ class UpstreamResponse:
     content_type: str
     cold_start: bool = False  # this request waited for its model to load
     instance: str = ""  # which instance answered (v2), for logs and tests
+
+
+def attempt_budget(attempt_timeout_s: float, deadline: float | None) -> float:
+    """Seconds the next attempt may take: the attempt timeout, cut to the request's deadline."""
+    if deadline is None:
+        return attempt_timeout_s
+    return min(attempt_timeout_s, deadline - time.monotonic())
 
 
 class Backend(abc.ABC):

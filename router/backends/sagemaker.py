@@ -16,7 +16,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from router.backends.base import Backend, UpstreamRequest, UpstreamResponse
+from router.backends.base import Backend, UpstreamRequest, UpstreamResponse, attempt_budget
 from router.errors import InvalidRequest, Overloaded, RouterError, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -160,7 +160,9 @@ class SageMakerBackend(Backend):
         backoff = iter(MODEL_NOT_READY_BACKOFF_S)
         while True:
             try:
-                async with asyncio.timeout(self.attempt_timeout_s):
+                async with asyncio.timeout(
+                    attempt_budget(self.attempt_timeout_s, request.deadline)
+                ):
                     response = await client.invoke_endpoint(**kwargs)
                     body = await response["Body"].read()
                 return UpstreamResponse(
@@ -176,7 +178,8 @@ class SageMakerBackend(Backend):
                 await asyncio.sleep(delay)
             except TimeoutError as exc:
                 raise UpstreamTimeout(
-                    f"endpoint {self.name!r} did not answer within {self.attempt_timeout_s:g}s"
+                    f"endpoint {self.name!r} did not answer in time (attempt timeout "
+                    f"{self.attempt_timeout_s:g}s, or the tenant's timeout)"
                 ) from exc
             except EndpointConnectionError as exc:
                 raise UpstreamError(f"endpoint {self.name!r} unreachable: {exc}") from exc

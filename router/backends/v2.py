@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from router.backends.base import Backend, UpstreamRequest, UpstreamResponse
+from router.backends.base import Backend, UpstreamRequest, UpstreamResponse, attempt_budget
 from router.backends.discovery import resolve_instances
 from router.errors import (
     InvalidRequest,
@@ -89,14 +89,20 @@ class V2Instance:
         return URL(f"{self.url}/v2/{action.format(quote(model, safe=''))}", encoded=True)
 
     async def infer(
-        self, model: str, body: bytes, headers: dict[str, str]
+        self,
+        model: str,
+        body: bytes,
+        headers: dict[str, str],
+        client_timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, bytes, str]:
         url = self._infer_urls.get(model)
         if url is None:
             url = self._infer_urls[model] = self._model_url(model, "models/{}/infer")
         # aiohttp writes large bytes bodies in one blocking call (and warns): stream those instead.
         data: bytes | io.BytesIO = body if len(body) < LARGE_BODY else io.BytesIO(body)
-        async with self._session.post(url, data=data, headers=headers, timeout=self._timeout) as r:
+        async with self._session.post(
+            url, data=data, headers=headers, timeout=client_timeout or self._timeout
+        ) as r:
             return r.status, await r.read(), r.headers.get("Content-Type", "application/json")
 
     async def load(self, model: str, *, timeout_s: float = 60.0) -> None:
@@ -239,11 +245,13 @@ class V2Backend(Backend):
         if task is not None:
             await cancel_and_wait([task])
 
-    async def ensure_loaded(self, instance: V2Instance, model: str) -> None:
+    async def ensure_loaded(
+        self, instance: V2Instance, model: str, deadline: float | None = None
+    ) -> None:
         """Load ``model`` on ``instance`` once, however many requests wait for it.
 
-        The load runs in its own task and waiters are shielded, so a caller that times out does not
-        abort a load the next caller will need.
+        The load runs in its own task and waiters are shielded, so a caller whose deadline passes
+        stops waiting without aborting a load the next caller will need.
         """
         key = (instance.url, model)
         task = self._loads.get(key)
@@ -253,7 +261,11 @@ class V2Backend(Backend):
             task.add_done_callback(lambda t: self._loads.pop(key, None))
             if self._on_load is not None:
                 self._on_load(instance.url, model)
-        await asyncio.shield(task)
+        if deadline is None:
+            await asyncio.shield(task)
+            return
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            await asyncio.shield(task)
 
     async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
         if self.on_request is not None:
@@ -278,31 +290,46 @@ class V2Backend(Backend):
         assert last_error is not None
         raise last_error
 
+    def _timeout(self, deadline: float | None) -> aiohttp.ClientTimeout | None:
+        """None (the instance's preset timeout) unless the request's deadline is tighter."""
+        budget = attempt_budget(self.attempt_timeout_s, deadline)
+        if budget >= self.attempt_timeout_s:
+            return None
+        if budget <= 0:
+            raise UpstreamTimeout(
+                f"no time left for endpoint {self.name!r} within the tenant's timeout"
+            )
+        return aiohttp.ClientTimeout(total=budget)
+
     async def _invoke_on(
         self, instance: V2Instance, request: UpstreamRequest, headers: dict[str, str]
     ) -> UpstreamResponse:
         cold = False
+        model, body, deadline = request.model, request.body, request.deadline
         try:
-            status, body, content_type = await instance.infer(request.model, request.body, headers)
-            if status != 200 and is_model_missing(status, body):
+            status, answer, content_type = await instance.infer(
+                model, body, headers, self._timeout(deadline)
+            )
+            if status != 200 and is_model_missing(status, answer):
                 cold = True
-                await self.ensure_loaded(instance, request.model)
-                status, body, content_type = await instance.infer(
-                    request.model, request.body, headers
+                await self.ensure_loaded(instance, model, deadline)
+                status, answer, content_type = await instance.infer(
+                    model, body, headers, self._timeout(deadline)
                 )
         except aiohttp.ClientConnectorError:
             raise
         except TimeoutError as exc:
             raise UpstreamTimeout(
-                f"endpoint {self.name!r} did not answer within {self.attempt_timeout_s:g}s"
+                f"endpoint {self.name!r} did not answer in time (attempt timeout "
+                f"{self.attempt_timeout_s:g}s, or the tenant's timeout)"
             ) from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"endpoint {self.name!r} failed: {exc}") from exc
         if status == 200:
-            return UpstreamResponse(body, content_type, cold_start=cold, instance=instance.url)
-        message = upstream_message(body)
-        if is_model_missing(status, body):
-            raise UpstreamError(f"model {request.model!r} is not available: {message}")
+            return UpstreamResponse(answer, content_type, cold_start=cold, instance=instance.url)
+        message = upstream_message(answer)
+        if is_model_missing(status, answer):
+            raise UpstreamError(f"model {model!r} is not available: {message}")
         if status == 429:
             raise Overloaded(f"endpoint {self.name!r} is shedding load: {message}", retry_after=1)
         if 400 <= status < 500:
