@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import redis
 
 from bench import config as cfg
+from bench.cpu import CpuMeter, CpuUsage
 from bench.load import LoadResult, LoadSpec, UnitMode
 from bench.procs import Processes, Server, handle_stop_signals
 from bench.pyload import run_pyload
@@ -223,8 +225,8 @@ def router_metrics(router: Server) -> dict[str, float]:
 
 
 def measure(
-    run: Runner, target: Target, kind: Kind, args: argparse.Namespace, tag: str
-) -> LoadResult:
+    run: Runner, meter: CpuMeter, target: Target, kind: Kind, args: argparse.Namespace, tag: str
+) -> tuple[LoadResult, CpuUsage]:
     connections, threads = (1, 1) if kind == "latency" else (args.connections, args.threads)
     spec = LoadSpec(
         url=target.url,
@@ -238,22 +240,27 @@ def measure(
     )
     run(spec)  # warm-up: connections, caches, the allocator
     unit_id = f"{tag}-run" if target.unit_mode == "new" else "bench-unit"
-    return run(replace(spec, duration_s=args.duration, unit_id=unit_id))
+    meter.start()
+    result = run(replace(spec, duration_s=args.duration, unit_id=unit_id))
+    return result, meter.stop()
 
 
-def benchmark(args: argparse.Namespace, report: Report, run: Runner, targets: list[Target]) -> None:
+def benchmark(
+    args: argparse.Namespace, report: Report, run: Runner, meter: CpuMeter, targets: list[Target]
+) -> None:
     nonce = report.settings["nonce"]
     for rnd in range(1, args.rounds + 1):
         plan: list[tuple[Target, Kind]] = [(t, "latency") for t in targets]
         plan += [(t, "throughput") for t in targets if t.throughput]
         for target, kind in plan:
-            result = measure(run, target, kind, args, f"u{nonce}-r{rnd}-{target.key}-{kind}")
-            report.add(target.key, kind, result)
+            tag = f"u{nonce}-r{rnd}-{target.key}-{kind}"
+            result, cpu = measure(run, meter, target, kind, args, tag)
+            report.add(target.key, kind, result, cpu)
             note = f"  {result.errors} ERRORS" if result.errors else ""
             log(
                 f"round {rnd}/{args.rounds} {kind:<10} ({target.key}) "
                 f"p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  "
-                f"{result.rps:10,.0f} req/s{note}"
+                f"{result.rps:10,.0f} req/s  others {cpu.foreign_share:4.0%} CPU{note}"
             )
 
 
@@ -292,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             "nonce": nonce,
         },
         labels={},
+        middle={"a": "upstream", "b": "bare_proxy", "c": "router"},
     )
     if redis_ver is None:
         report.warnings.append(
@@ -327,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sum(t.throughput for t in targets)} throughput runs, "
                 f"{args.warmup}+{args.duration} s each"
             )
-            benchmark(args, report, run, targets)
+            meter = CpuMeter({s.name: s.pid for s in (upstream, proxy, router)})
+            benchmark(args, report, run, meter, targets)
             report.router_metrics = router_metrics(router)
             report.machine["loadavg_1m_after"] = f"{os.getloadavg()[0]:.2f}"
             procs.stop_all()
@@ -347,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     if report.errors():
         report.warnings.append(
             f"{report.errors()} requests failed (non-2xx or socket errors); see latest.json"
+        )
+    if statistics.median(report.foreign_shares() or [0.0]) > 0.05:
+        report.warnings.append(
+            "other processes used more than 5 % of the CPU during the runs: latency tails and "
+            "req/s are noisy; CPU per request is the steadier comparison"
         )
     if report.router_metrics.get("router_redis_errors_total", 0) > 0:
         report.warnings.append(

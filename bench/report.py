@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -11,6 +12,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.cpu import CpuUsage
 from bench.load import LoadResult
 
 Kind = Literal["latency", "throughput"]
@@ -29,23 +31,46 @@ class Check:
         return self.value <= self.limit if self.op == "<=" else self.value >= self.limit
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    result: LoadResult
+    cpu: CpuUsage
+
+
 @dataclass
 class Report:
     machine: dict[str, str]
     settings: dict[str, Any]
     labels: dict[str, str]  # target key ("a".."e") -> description
-    runs: dict[str, dict[Kind, list[LoadResult]]] = field(default_factory=dict)
+    middle: dict[str, str]  # target key -> the server whose CPU per request is reported
+    runs: dict[str, dict[Kind, list[Run]]] = field(default_factory=dict)
     router_metrics: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def add(self, target: str, kind: Kind, result: LoadResult) -> None:
-        self.runs.setdefault(target, {}).setdefault(kind, []).append(result)
+    def add(self, target: str, kind: Kind, result: LoadResult, cpu: CpuUsage) -> None:
+        self.runs.setdefault(target, {}).setdefault(kind, []).append(Run(result, cpu))
 
     def median(self, target: str, kind: Kind, metric: str) -> float:
-        results = self.runs.get(target, {}).get(kind, [])
-        if not results:
+        runs = self.runs.get(target, {}).get(kind, [])
+        if not runs:
             return float("nan")
-        return statistics.median(float(getattr(r, metric)) for r in results)
+        return statistics.median(float(getattr(r.result, metric)) for r in runs)
+
+    def cpu_us_per_request(self, target: str, kind: Kind = "throughput") -> float:
+        """Median CPU time of the target's middle process per request answered."""
+        server = self.middle.get(target)
+        runs = self.runs.get(target, {}).get(kind, [])
+        values = [
+            r.cpu.servers_s[server] / r.result.requests * 1e6
+            for r in runs
+            if server in r.cpu.servers_s and r.result.requests
+        ]
+        return statistics.median(values) if values else float("nan")
+
+    def foreign_shares(self) -> list[float]:
+        return [
+            r.cpu.foreign_share for kinds in self.runs.values() for rs in kinds.values() for r in rs
+        ]
 
     def derived(self) -> dict[str, float]:
         lat_p50 = {t: self.median(t, "latency", "p50_ms") for t in self.labels}
@@ -59,6 +84,12 @@ class Report:
             "proxy_added_p99_ms_b_minus_a": lat_p99["b"] - lat_p99["a"],
             "assignment_cached_p50_ms_d_minus_c": lat_p50["d"] - lat_p50["c"],
             "assignment_redis_p50_ms_e_minus_c": lat_p50["e"] - lat_p50["c"],
+            "cpu_us_per_request_a_upstream": self.cpu_us_per_request("a"),
+            "cpu_us_per_request_b_bare_proxy": self.cpu_us_per_request("b"),
+            "cpu_us_per_request_c_router": self.cpu_us_per_request("c"),
+            "cpu_ratio_b_over_c": self.cpu_us_per_request("b") / self.cpu_us_per_request("c"),
+            "foreign_cpu_share_median": statistics.median(self.foreign_shares() or [math.nan]),
+            "foreign_cpu_share_max": max(self.foreign_shares() or [math.nan]),
         }
 
     def checks(self) -> list[Check]:
@@ -72,7 +103,9 @@ class Report:
         ]  # fmt: skip
 
     def errors(self) -> int:
-        return sum(r.errors for kinds in self.runs.values() for rs in kinds.values() for r in rs)
+        return sum(
+            r.result.errors for kinds in self.runs.values() for rs in kinds.values() for r in rs
+        )
 
     def markdown(self) -> str:
         s = self.settings
@@ -88,15 +121,18 @@ class Report:
             f"target by target, {s['rounds']} round(s), medians shown; "
             f"{'processes pinned (--pin)' if s['pinned'] else 'no CPU pinning'}.",
             "",
-            "| target | p50 ms, 1 at a time | p99 ms, 1 at a time | req/s, 32 conns |",
-            "|---|--:|--:|--:|",
+            "| target | p50 ms, 1 at a time | p99 ms, 1 at a time | req/s, 32 conns "
+            "| p99 ms, 32 conns |",
+            "|---|--:|--:|--:|--:|",
         ]
         for key, label in self.labels.items():
             p50 = self.median(key, "latency", "p50_ms")
             p99 = self.median(key, "latency", "p99_ms")
             rps = self.median(key, "throughput", "rps")
-            rps_text = "—" if rps != rps else f"{rps:,.0f}"  # NaN: not measured
-            lines.append(f"| ({key}) {label} | {p50:.3f} | {p99:.3f} | {rps_text} |")
+            tail = self.median(key, "throughput", "p99_ms")
+            rps_text = "—" if math.isnan(rps) else f"{rps:,.0f}"  # NaN: not measured
+            tail_text = "—" if math.isnan(tail) else f"{tail:.2f}"
+            lines.append(f"| ({key}) {label} | {p50:.3f} | {p99:.3f} | {rps_text} | {tail_text} |")
         d = self.derived()
         lines += [
             "",
@@ -113,6 +149,18 @@ class Report:
             f"{d['proxy_added_p50_ms_b_minus_a']:+.3f} / {d['proxy_added_p99_ms_b_minus_a']:+.3f} ms"
             " | | |"
         )
+        lines += [
+            "",
+            "CPU per request at 32 connections (the middle process's CPU time ÷ requests; hardly "
+            f"moved by other load): upstream (a) {d['cpu_us_per_request_a_upstream']:.0f} µs, "
+            f"bare proxy (b) {d['cpu_us_per_request_b_bare_proxy']:.0f} µs, "
+            f"warmroute (c) {d['cpu_us_per_request_c_router']:.0f} µs; "
+            f"bare proxy ÷ warmroute = {d['cpu_ratio_b_over_c'] * 100:.0f} % "
+            "(what c/b req/s would be with a core to spare for each process).",
+            f"Processes outside the benchmark used {d['foreign_cpu_share_median'] * 100:.0f} % "
+            f"(median; max {d['foreign_cpu_share_max'] * 100:.0f} %) of the machine's CPU during "
+            "the measured runs.",
+        ]
         if self.settings.get("loadgen_fallback"):
             lines += ["", "**Load generator: Python fallback (wrk unavailable); numbers are not "
                       "comparable with wrk runs and req/s at 32 connections is bounded by it.**"]  # fmt: skip
@@ -131,7 +179,13 @@ class Report:
                         metric: self.median(key, kind, metric)
                         for metric in ("p50_ms", "p99_ms", "rps")
                     },
-                    "rounds": [asdict(r) for r in results],
+                    "rounds": [
+                        {
+                            **asdict(r.result),
+                            "cpu": {**asdict(r.cpu), "foreign_share": r.cpu.foreign_share},
+                        }
+                        for r in results
+                    ],
                 }
             targets[key] = entry
         return {
