@@ -54,6 +54,53 @@ class RouterMetrics:
         self.config_generation = Gauge(
             "router_config_generation", "Generation of the serving config snapshot", registry=r
         )
+        # Processing (router/processing/): steps, fallback, ensembles, selection, shadow traffic.
+        self.step_failures = Counter(
+            "router_step_failures",
+            "Processing steps that failed (rejected, error, timeout)",
+            ["tenant", "stage", "step", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "router_fallbacks",
+            "Requests answered by the fallback model, by the primary's error",
+            ["tenant", "model", "reason"],
+            registry=r,
+        )
+        self.ensemble_members = Counter(
+            "router_ensemble_members",
+            "Ensemble member calls by result (ok or the error code)",
+            ["tenant", "model", "result"],
+            registry=r,
+        )
+        self.model_selections = Counter(
+            "router_model_selections",
+            "Models chosen from the input (select_model)",
+            ["tenant", "model"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "router_shadow_requests",
+            "Shadow copies by result (ok, error, timeout, dropped)",
+            ["tenant", "result"],
+            registry=r,
+        )
+        self.shadow_duration = Histogram(
+            "router_shadow_duration_seconds",
+            "Time the shadow model took to answer",
+            ["tenant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "router_shadow_agreement",
+            "Shadow answers compared with the primary's (agree, disagree, error)",
+            ["tenant", "result"],
+            registry=r,
+        )
+        self.shadow_in_flight = Gauge(
+            "router_shadow_in_flight", "Shadow copies running", ["tenant"], registry=r
+        )
         # Pre-create the label sets that must exist from the start (dashboards, alerts).
         for result in ("ok", "error"):
             self.config_reloads.labels(result)

@@ -20,6 +20,8 @@ from router.backends.sagemaker import SageMakerBackend, SageMakerClients
 from router.backends.v2 import InstancePicker, V2Backend, V2Instance
 from router.limits import LimitSpec, TenantLimiter
 from router.metrics import RouterMetrics
+from router.processing.flow import RouteProcessing, compile_processing
+from router.processing.runtime import ProcessingRuntime
 from router.traffic import TrafficCounter
 from router.warm_map import WarmMap
 from tenancy.models import Endpoint, SageMakerEndpoint, Tenant, V2Endpoint
@@ -38,6 +40,7 @@ class TenantRoute:
     max_body_bytes: int
     api_keys: tuple[str, ...]
     plan: ExperimentPlan | None
+    processing: RouteProcessing | None = None  # None: bytes forwarded as they are (fast path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,8 @@ class BackendFactory:
         self.traffic = traffic
         self._built: dict[str, tuple[Endpoint, Backend]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Shadow copies are background calls to these backends: stopped before the backends close.
+        self.processing = ProcessingRuntime(metrics)
 
     def backend(self, name: str, endpoint: Endpoint) -> Backend:
         known = self._built.get(name)
@@ -134,6 +139,7 @@ class BackendFactory:
                     log.warning("endpoint=%s discovery failed: %s", backend.name, exc)
 
     async def aclose(self) -> None:
+        await self.processing.aclose()
         for _, backend in self._built.values():
             await backend.aclose()
         self._built.clear()
@@ -178,6 +184,7 @@ def compile_table(
             max_body_bytes=tenant.limits.max_body_bytes,
             api_keys=tenant.auth.api_key_sha256,
             plan=ExperimentPlan(tenant_id, tenant.experiment) if tenant.experiment else None,
+            processing=compile_processing(tenant_id, tenant, backends.processing),
         )
     limiters.prune(routes)
     return RoutingTable(snapshot, MappingProxyType(routes), MappingProxyType(built))

@@ -17,6 +17,7 @@ from router.auth import check_key
 from router.errors import InvalidRequest, PayloadTooLarge, RouterError, TenantNotFound
 from router.http_errors import error_response, from_router_error, new_request_id
 from router.keys import METRICS, SERVICE, STATE
+from router.processing.shadow import ShadowJob
 from router.service import Call
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     route = table.routes.get(tenant_id)
     tenant_label = tenant_id if route is not None else UNKNOWN_TENANT
     assignment: Assignment | None = None
+    shadow: ShadowJob | None = None
     response: web.Response
     try:
         if route is None:
@@ -69,9 +71,9 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         limiter = route.limiter
         limiter.acquire()
         try:
-            deadline = asyncio.get_running_loop().time() + route.deadline_s
-            body = await read_body(request, route.max_body_bytes)
             service = app[SERVICE]
+            deadline = service.deadline(route)
+            body = await read_body(request, route.max_body_bytes)
             assignment = await service.assign(route, headers.get("X-Unit-Id"))
             call = Call(
                 body=body,
@@ -80,13 +82,22 @@ async def invoke(request: web.Request) -> web.StreamResponse:
                 accept=headers.get("Accept"),
                 custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
             )
-            upstream = await service.invoke(route, assignment, call, deadline=deadline)
+            processing = route.processing
+            if processing is None:  # the fast path: bytes in, bytes out
+                upstream = await service.invoke(route, assignment, call, deadline=deadline)
+                body, content_type = upstream.body, upstream.content_type
+            else:
+                answer = await processing.handle(
+                    service, route, assignment, call, deadline=deadline
+                )
+                body, content_type, assignment = answer.body, answer.content_type, answer.assignment
+                shadow = answer.shadow
         finally:
             limiter.release()
         response = web.Response(
-            body=upstream.body,
+            body=body,
             headers={
-                "Content-Type": upstream.content_type,
+                "Content-Type": content_type,
                 "X-Model-Id": assignment.model,
                 "X-Variant": assignment.variant,
                 "X-Request-Id": request_id,
@@ -101,6 +112,14 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         log.exception("unhandled error tenant=%s request_id=%s", tenant_id, request_id)
         response = error_response(500, "internal_error", "internal error; see logs", request_id)
     variant = assignment.variant if assignment is not None else NO_VARIANT
-    metrics.requests.labels(tenant_label, variant, str(response.status)).inc()
+    app[SERVICE].count_request(tenant_label, variant, response.status)
     metrics.request_duration.observe(time.perf_counter() - started)
+    if shadow is not None and route is not None and route.processing is not None:
+        # Answer the caller first; only then may the shadow copy start.
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            return response  # the caller left: no answer to compare with
+        route.processing.shadows.submit(shadow)
     return response

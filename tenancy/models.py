@@ -6,9 +6,11 @@ in the generated JSON Schema (``schema/``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+
+from tenancy.processing import Ensemble, Fallback, SelectModel, Shadow, Steps
 
 # Model ids travel in URL paths (v2) and as SageMaker TargetModel (relative S3 keys such as
 # "acme/intent-v3.tar.gz"), so they are restricted to characters both accept without escaping games.
@@ -120,6 +122,8 @@ class Variant(Frozen):
     name: Name
     model: ModelId
     weight: float = Field(ge=0)
+    preprocess: Steps | None = Field(default=None, description="Replaces the tenant's steps.")
+    postprocess: Steps | None = Field(default=None, description="Replaces the tenant's steps.")
 
 
 class Experiment(Frozen):
@@ -179,8 +183,12 @@ class Tenant(Frozen):
     auth: Auth = Auth()
     limits: Limits = Limits()
     experiment: Experiment | None = None
-    preprocess: tuple[dict[str, Any], ...] = Field(default=(), max_length=0)
-    postprocess: tuple[dict[str, Any], ...] = Field(default=(), max_length=0)
+    preprocess: Steps = Field(default=(), description="Steps run in order on the request.")
+    postprocess: Steps = Field(default=(), description="Steps run in order on the answer.")
+    shadow: Shadow | None = None
+    fallback: Fallback | None = None
+    ensemble: Ensemble | None = None
+    select_model: SelectModel | None = None
     preload: Preload = Preload()
 
     @model_validator(mode="after")
@@ -195,9 +203,46 @@ class Tenant(Frozen):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _routing_modes(self) -> Self:
+        # One way of choosing the model per tenant: an experiment, a selection or an ensemble.
+        modes = [
+            name
+            for name, given in (
+                ("experiment", self.experiment),
+                ("select_model", self.select_model),
+                ("ensemble", self.ensemble),
+            )
+            if given is not None
+        ]
+        if len(modes) > 1:
+            raise ValueError(
+                f"use one of experiment, select_model, ensemble, not {' and '.join(modes)}"
+            )
+        if self.ensemble is not None and self.fallback is not None:
+            raise ValueError(
+                "an ensemble has its own failure policy (min_success): drop 'fallback'"
+            )
+        if self.fallback is not None:
+            if self.fallback.model == self.model:
+                raise ValueError("the fallback model must differ from the tenant's model")
+            if self.fallback.reserve_ms >= self.limits.timeout_ms:
+                raise ValueError("fallback.reserve_ms must be below limits.timeout_ms")
+        return self
+
     def models(self) -> tuple[str, ...]:
-        """Every model this tenant can route to, default first, without repeats."""
+        """Every model this tenant's requests can reach (the warm set): default first, then
+        variants, selection, ensemble, fallback and shadow models, without repeats."""
         found = [self.model]
         if self.experiment is not None:
             found += [v.model for v in self.experiment.variants]
+        if self.select_model is not None:
+            found += self.select_model.models.values()
+            if self.select_model.default is not None:
+                found.append(self.select_model.default)
+        if self.ensemble is not None:
+            found += self.ensemble.models
+        for extra in (self.fallback, self.shadow):
+            if extra is not None:
+                found.append(extra.model)
         return tuple(dict.fromkeys(found))

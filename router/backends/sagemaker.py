@@ -175,6 +175,10 @@ class SageMakerBackend(Backend):
                     raise map_client_error(self.name, request.model, exc) from exc
                 # The MME is loading the model: a cold start; wait within the tenant's deadline.
                 cold = True
+                if attempt_budget(delay, request.deadline) < delay:
+                    raise UpstreamTimeout(
+                        f"model {request.model!r} still loading on {self.name!r} at the deadline"
+                    ) from exc
                 await asyncio.sleep(delay)
             except TimeoutError as exc:
                 raise UpstreamTimeout(

@@ -1,0 +1,1 @@
+"""Examples: a local config (``examples/config``) and custom processing code (``examples/steps.py``)."""
