@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from bench import config as cfg
+from bench import pipeline
 from bench.cpu import CpuMeter, CpuUsage
 from bench.load import LoadResult, LoadSpec, UnitMode
 from bench.procs import Processes, Server, handle_stop_signals
@@ -369,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = report.write(args.results)
     print(report.markdown())
     log(f"wrote {json_path} and {md_path}")
+    # Processing costs, in-process: each built-in step, a three-step pipeline, shadowing at 10 %.
+    steps = pipeline.measure(iterations=2_000 if args.quick else 20_000)
+    print(steps.markdown())
+    (args.results / "pipeline.md").write_text(steps.markdown())
     return 0
 
 

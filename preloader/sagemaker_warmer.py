@@ -90,6 +90,7 @@ class SageMakerWarmer(Warmer):
                 endpoint_name=endpoint.endpoint_name,
                 region=endpoint.region,
                 endpoint_url=endpoint.endpoint_url,
+                control_endpoint_url=endpoint.control_endpoint_url,
                 clients=self._clients,
                 # The preloader is the one caller that is meant to wait for a load.
                 attempt_timeout_s=self._load_timeout_s,

@@ -114,6 +114,7 @@ class BackendFactory:
             endpoint_name=endpoint.endpoint_name,
             region=endpoint.region,
             endpoint_url=endpoint.endpoint_url,
+            control_endpoint_url=endpoint.control_endpoint_url,
             clients=self.sagemaker,
             attempt_timeout_s=timeout_s,
         )

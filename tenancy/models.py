@@ -8,21 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from tenancy.fields import HttpUrl, ModelId, Name, PositiveMs, Sha256Hex
 from tenancy.processing import Ensemble, Fallback, SelectModel, Shadow, Steps
-
-# Model ids travel in URL paths (v2) and as SageMaker TargetModel (relative S3 keys such as
-# "acme/intent-v3.tar.gz"), so they are restricted to characters both accept without escaping games.
-ModelId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+/-]{0,255}$", strip_whitespace=False)
-]
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-Sha256Hex = Annotated[
-    str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$", to_lower=True, strip_whitespace=True)
-]
-HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+(:\d+)?/?$")]
-PositiveMs = Annotated[int, Field(gt=0, le=3_600_000)]
 
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 
@@ -84,7 +73,13 @@ class SageMakerEndpoint(Frozen):
     kind: Literal["sagemaker"]
     endpoint_name: Name
     region: str = Field(min_length=1)
-    endpoint_url: HttpUrl | None = None
+    endpoint_url: HttpUrl | None = Field(
+        default=None, description="sagemaker-runtime URL override (VPC interface endpoint, tests)."
+    )
+    control_endpoint_url: HttpUrl | None = Field(
+        default=None,
+        description="sagemaker (control plane: DescribeEndpoint) URL override; default endpoint_url.",
+    )
     timeout_ms: PositiveMs = 2000
     max_connections: int = Field(default=256, ge=1)
     capacity: Capacity = Capacity()

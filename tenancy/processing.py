@@ -43,8 +43,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-# Same rule as tenancy.models.ModelId (a test keeps the two equal).
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+/-]{0,255}$"
+from tenancy.fields import ModelId
+
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
 CALLABLE_REF_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
 MAX_STEPS = 32
@@ -54,7 +54,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-ModelRef = Annotated[str, StringConstraints(pattern=MODEL_ID_PATTERN)]
+ModelRef = ModelId
 FieldName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 TimeoutMs = Annotated[int, Field(gt=0, le=600_000)]
 

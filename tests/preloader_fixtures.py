@@ -1,6 +1,4 @@
-"""Fixtures that run the preloader: ``create_app`` on a real port, its own Redis, config helpers, and a
-path-routing AWS front so one ``endpoint_url`` reaches moto (control plane) and the SageMaker front
-(runtime).
+"""Fixtures that run the preloader: ``create_app`` on a real port, its own Redis, config helpers.
 
 The preloader tests use a Redis of their own (one ``redis-server`` per session, flushed per test):
 the lock, warm map and flag keys must not be flushed by another test run sharing the machine's
@@ -26,7 +24,6 @@ import pytest_asyncio
 import redis
 import redis.asyncio as aioredis
 from aiohttp import web
-from multidict import CIMultiDict
 
 from devstack.mlserver import MLServerInstance
 from devstack.ports import urlopen_direct
@@ -237,56 +234,6 @@ def inferences(instance: MLServerInstance) -> float:
 
 
 # -- one endpoint_url for both SageMaker APIs ----------------------------------------------------
-
-HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
-
-
-@dataclass
-class AwsFront:
-    """Sends ``/endpoints/...`` (sagemaker-runtime InvokeEndpoint) to ``runtime_url`` and every other
-    request (the ``sagemaker`` control plane: ``POST /`` with ``X-Amz-Target``) to ``control_url``,
-    byte for byte. The router's ``SageMakerBackend`` uses one ``endpoint_url`` for both clients."""
-
-    runtime_url: str
-    control_url: str
-    url: str = ""
-    _runner: web.AppRunner | None = None
-    _http: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._http = aiohttp.ClientSession(auto_decompress=False)
-        app = web.Application(client_max_size=8 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-
-    async def _forward(self, request: web.Request) -> web.Response:
-        assert self._http is not None
-        base = self.runtime_url if request.path.startswith("/endpoints/") else self.control_url
-        headers = CIMultiDict(
-            (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
-        )
-        async with self._http.request(
-            request.method,
-            base + request.path_qs,
-            headers=headers,
-            data=await request.read(),
-            skip_auto_headers=("Content-Type", "User-Agent"),
-        ) as resp:
-            body = await resp.read()
-            out = CIMultiDict(
-                (k, v) for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP
-            )
-            return web.Response(status=resp.status, body=body, headers=out)
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._http is not None:
-            await self._http.close()
 
 
 @pytest.fixture

@@ -1,13 +1,14 @@
 """The preloader on a ``sagemaker`` endpoint: moto answers DescribeEndpoint (and scales), the SageMaker
 front over MLServer answers InvokeEndpoint with real inference and a real lazy load per model.
 
-``SageMakerBackend`` sends both APIs to the endpoint's one ``endpoint_url``, so the tests give it an
-``AwsFront`` that forwards by path: ``/endpoints/...`` to the front, the rest to moto.
+The endpoint's ``endpoint_url`` (runtime) points at the front and its ``control_endpoint_url``
+(DescribeEndpoint) at moto, as VPC interface endpoints split them in production.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ from preloader.progress import Progress
 from tests.conftest import MLServerPair
 from tests.preloader_fixtures import (
     IRIS_SAMPLE,
-    AwsFront,
     PreloaderFactory,
     preloader_settings,
     warm_flag,
@@ -36,21 +36,22 @@ ENDPOINT_NAME = "mme-test"  # the name the sagemaker_front fixture serves
 MODELS = ("iris-lr", "iris-tree")
 
 
+@dataclass(frozen=True)
+class AwsUrls:
+    runtime: str  # the SageMaker-Runtime front over MLServer
+    control: str  # moto: DescribeEndpoint and scaling
+
+
 @pytest_asyncio.fixture
 async def aws(
     moto: MotoServer, sagemaker_front: SageMakerFront, aws_credentials: None
-) -> AsyncIterator[AwsFront]:
+) -> AsyncIterator[AwsUrls]:
     moto.reset()
     await create_mme_endpoint(moto.url, ENDPOINT_NAME, 1)
-    front = AwsFront(runtime_url=sagemaker_front.url, control_url=moto.url)
-    await front.start()
-    try:
-        yield front
-    finally:
-        await front.close()
+    yield AwsUrls(runtime=sagemaker_front.url, control=moto.url)
 
 
-def sagemaker_config(root: Path, url: str, **preload: Any) -> ConfigDir:
+def sagemaker_config(root: Path, aws: AwsUrls, **preload: Any) -> ConfigDir:
     cfg = ConfigDir(root)
     cfg.endpoints(
         {
@@ -58,7 +59,8 @@ def sagemaker_config(root: Path, url: str, **preload: Any) -> ConfigDir:
                 "kind": "sagemaker",
                 "endpoint_name": ENDPOINT_NAME,
                 "region": "us-east-1",
-                "endpoint_url": url,
+                "endpoint_url": aws.runtime,
+                "control_endpoint_url": aws.control,
                 "describe_interval_s": 0.2,
                 "preload": {"keep_warm_interval_s": 3600, **preload},
             }
@@ -75,7 +77,7 @@ def invocations(front: SageMakerFront) -> dict[str, int]:
 
 async def test_warms_by_invoking_and_rewarms_after_scale_out(
     tmp_path: Path,
-    aws: AwsFront,
+    aws: AwsUrls,
     sagemaker_front: SageMakerFront,
     moto: MotoServer,
     preloader_redis_url: str,
@@ -85,7 +87,7 @@ async def test_warms_by_invoking_and_rewarms_after_scale_out(
 ) -> None:
     """Each model is invoked once per instance (one instance: once) with its sample, which loads
     it; when DescribeEndpoint shows 3 instances the warm set is invoked again, 3 times per model."""
-    cfg = sagemaker_config(tmp_path / "cfg", aws.url)
+    cfg = sagemaker_config(tmp_path / "cfg", aws)
     preloader = await start_preloader(preloader_settings(cfg, preloader_redis_url))
     await eventually(lambda: warm_flag(redis_client, "sm"), within_s=20)
     assert dict(sagemaker_front.load_counts) == {m: 1 for m in MODELS}
@@ -109,7 +111,7 @@ async def test_warms_by_invoking_and_rewarms_after_scale_out(
 
 async def test_keep_warm_reloads_an_evicted_model(
     tmp_path: Path,
-    aws: AwsFront,
+    aws: AwsUrls,
     sagemaker_front: SageMakerFront,
     preloader_redis_url: str,
     redis_client: aioredis.Redis,
@@ -118,9 +120,7 @@ async def test_keep_warm_reloads_an_evicted_model(
 ) -> None:
     """Keep-warm re-invokes every model on its interval: a model the endpoint evicted (unloaded
     behind the front's back) is loaded again by the next round, not by a caller."""
-    cfg = sagemaker_config(
-        tmp_path / "cfg", aws.url, keep_warm_interval_s=0.3, keep_warm_max_rps=50
-    )
+    cfg = sagemaker_config(tmp_path / "cfg", aws, keep_warm_interval_s=0.3, keep_warm_max_rps=50)
     await start_preloader(preloader_settings(cfg, preloader_redis_url))
     await eventually(lambda: warm_flag(redis_client, "sm"), within_s=20)
     fresh_mlservers[0].unload("iris-tree")  # LRU eviction on the endpoint
@@ -140,7 +140,7 @@ async def test_once_lists_a_describe_failure(
     """``--once`` for an endpoint DescribeEndpoint does not know is not ok and says why. (moto's
     InvokeEndpoint answers for any endpoint name, so the models themselves "warm".)"""
     moto.reset()
-    cfg = sagemaker_config(tmp_path / "cfg", moto.url)
+    cfg = sagemaker_config(tmp_path / "cfg", AwsUrls(runtime=moto.url, control=moto.url))
     cfg.endpoints(
         {"sm": {"kind": "sagemaker", "endpoint_name": "mme-missing", "region": "us-east-1",
                 "endpoint_url": moto.url}}

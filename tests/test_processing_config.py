@@ -12,11 +12,9 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import TypeAdapter
 
 from tenancy.loader import load_directory
-from tenancy.models import ModelId, Tenant
-from tenancy.processing import MODEL_ID_PATTERN
+from tenancy.models import Tenant
 from tests.router_fixtures import ConfigDir, RouterFactory, v2_body
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,10 +179,6 @@ def test_the_processing_example_directory_is_valid() -> None:
     result = check(REPO / "examples" / "config-processing")
     assert result.returncode == 0, result.stdout
     assert "ok (1 endpoints, 4 tenants)" in result.stdout
-
-
-def test_the_model_id_rule_is_the_same_in_both_modules() -> None:
-    assert TypeAdapter(ModelId).json_schema()["pattern"] == MODEL_ID_PATTERN
 
 
 def test_the_warm_set_includes_every_model_a_tenant_can_reach() -> None:

@@ -126,11 +126,14 @@ class SageMakerBackend(Backend):
         endpoint_url: str | None,
         clients: SageMakerClients,
         attempt_timeout_s: float,
+        control_endpoint_url: str | None = None,
     ) -> None:
         self.name = name
         self.endpoint_name = endpoint_name
         self.region = region
         self.endpoint_url = endpoint_url
+        # The control plane has its own VPC endpoint (api.sagemaker vs runtime.sagemaker).
+        self.control_endpoint_url = control_endpoint_url or endpoint_url
         self.clients = clients
         self.attempt_timeout_s = attempt_timeout_s
 
@@ -192,7 +195,7 @@ class SageMakerBackend(Backend):
 
     async def instance_count(self) -> int:
         """Current instances behind the endpoint, summed over its production variants."""
-        client = await self.clients.control(self.region, self.endpoint_url)
+        client = await self.clients.control(self.region, self.control_endpoint_url)
         described = await client.describe_endpoint(EndpointName=self.endpoint_name)
         return sum(
             v.get("CurrentInstanceCount") or 0 for v in described.get("ProductionVariants", [])
