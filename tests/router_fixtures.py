@@ -129,6 +129,21 @@ class RunningRouter:
 RouterFactory = Callable[..., Awaitable[RunningRouter]]
 
 
+@pytest.fixture
+def mme_config(tmp_path: Path, fresh_mlservers: Any) -> ConfigDir:
+    """A config directory with one v2 endpoint, ``mme``, over both (cold) MLServer instances."""
+    cfg = ConfigDir(tmp_path / "cfg")
+    cfg.endpoints({"mme": {"kind": "v2", "instances": [m.url for m in fresh_mlservers]}})
+    return cfg
+
+
+def error_parts(answer: tuple[int, Any, bytes]) -> tuple[int, str, str]:
+    """(status, error code, message) of an error answer."""
+    status, _, body = answer
+    error = orjson.loads(body)["error"]
+    return status, error["code"], error["message"]
+
+
 @pytest_asyncio.fixture
 async def start_router(redis_url: str) -> AsyncIterator[RouterFactory]:
     """``await start_router(config_dir, **settings)`` -> a router on a real 127.0.0.1 port."""

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from router.processing import Json, StepContext
-from tests.router_fixtures import ConfigDir, RouterFactory, model_predict, v2_body
+from tests.router_fixtures import ConfigDir, RouterFactory, error_parts, model_predict, v2_body
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 TO_V2 = {"step": "records_to_v2", "features": FEATURES}
@@ -73,27 +73,14 @@ def has_a_bug(payload: Json, context: StepContext) -> Json:
     raise KeyError("oops")
 
 
-def error_of(answer: tuple[int, Any, bytes]) -> tuple[int, str, str]:
-    status, _, body = answer
-    error = orjson.loads(body)["error"]
-    return status, error["code"], error["message"]
-
-
-@pytest.fixture
-def config(tmp_path: Path, fresh_mlservers: list[Any]) -> ConfigDir:
-    cfg = ConfigDir(tmp_path / "cfg")
-    cfg.endpoints({"mme": {"kind": "v2", "instances": [m.url for m in fresh_mlservers]}})
-    return cfg
-
-
 def custom(function: str, **fields: Any) -> dict[str, Any]:
     return {"step": "custom", "function": function, **fields}
 
 
 async def test_the_example_steps_on_real_inference(
-    config: ConfigDir, start_router: RouterFactory, models_dir: Path
+    mme_config: ConfigDir, start_router: RouterFactory, models_dir: Path
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-lr",
@@ -111,7 +98,7 @@ async def test_the_example_steps_on_real_inference(
             custom("examples.steps:with_request_id"),
         ],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     sent = [{"sepal_length": 55.0, "sepal_width": 3.1, "petal_length": 5.4, "petal_width": 9.0}]
     status, _, body = await router.invoke(
         "flowers", orjson.dumps(sent), headers={"X-Request-Id": "req-7"}
@@ -127,20 +114,20 @@ async def test_the_example_steps_on_real_inference(
 
 
 async def test_plain_async_and_cpu_heavy_steps(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
     for name, step in [
         ("plain", custom(f"{HERE}:where_it_ran")),
         ("heavy", custom(f"{HERE}:where_it_ran", cpu_heavy=True)),
         ("async", custom(f"{HERE}:describe_context", options={"k": [1, 2]})),
     ]:
-        config.tenant(
+        mme_config.tenant(
             name,
             endpoint="mme",
             model="iris-tree",
             postprocess=[{"step": "v2_to_json"}, step],
         )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     answers = {}
     for name in ("plain", "heavy", "async"):
         status, _, body = await router.invoke(name, v2_body([[5.1, 3.5, 1.4, 0.2]]))
@@ -161,18 +148,18 @@ async def test_plain_async_and_cpu_heavy_steps(
 
 
 async def test_a_cpu_heavy_step_leaves_the_loop_free(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
     """While the heavy step blocks its thread, another request is served; only then is the gate
     opened. Were the step on the loop, the second request could never finish."""
-    config.tenant(
+    mme_config.tenant(
         "heavy",
         endpoint="mme",
         model="iris-tree",
         preprocess=[custom(f"{HERE}:waits_for_the_gate", cpu_heavy=True, timeout_ms=10_000)],
     )
-    config.tenant("plain", endpoint="mme", model="iris-tree")
-    router = await start_router(config)
+    mme_config.tenant("plain", endpoint="mme", model="iris-tree")
+    router = await start_router(mme_config)
     HEAVY_GATE.clear()
     heavy = asyncio.create_task(router.invoke("heavy", v2_body([[5.1, 3.5, 1.4, 0.2]])))
     try:
@@ -186,9 +173,9 @@ async def test_a_cpu_heavy_step_leaves_the_loop_free(
 
 
 async def test_custom_step_failures_name_the_step(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "clipped",
         endpoint="mme",
         model="iris-lr",
@@ -197,26 +184,26 @@ async def test_custom_step_failures_name_the_step(
             TO_V2,
         ],
     )
-    config.tenant(
+    mme_config.tenant(
         "buggy-pre", endpoint="mme", model="iris-lr", preprocess=[custom(f"{HERE}:has_a_bug")]
     )
-    config.tenant(
+    mme_config.tenant(
         "buggy-post", endpoint="mme", model="iris-lr", postprocess=[custom(f"{HERE}:has_a_bug")]
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     sent = orjson.dumps([{"sepal_length": "long"}])
-    assert error_of(await router.invoke("clipped", sent)) == (
+    assert error_parts(await router.invoke("clipped", sent)) == (
         400,
         "invalid_request",
         "preprocess step 0 (examples.steps:clip_features) rejected the input: "
         "record 0 field 'sepal_length' is not a number",
     )
-    assert error_of(await router.invoke("buggy-pre")) == (
+    assert error_parts(await router.invoke("buggy-pre")) == (
         400,
         "invalid_request",
         f"preprocess step 0 ({HERE}:has_a_bug) rejected the input: KeyError: 'oops'",
     )
-    assert error_of(await router.invoke("buggy-post")) == (
+    assert error_parts(await router.invoke("buggy-post")) == (
         502,
         "upstream_error",
         f"postprocess step 0 ({HERE}:has_a_bug) failed: KeyError: 'oops'",
@@ -242,15 +229,15 @@ async def test_custom_step_failures_name_the_step(
     ids=["async", "cpu_heavy", "plain", "request-deadline"],
 )
 async def test_a_step_over_its_time_is_504(
-    config: ConfigDir,
+    mme_config: ConfigDir,
     start_router: RouterFactory,
     step: dict[str, Any],
     limits: dict[str, Any],
     ending: str,
 ) -> None:
-    config.tenant("slow", endpoint="mme", model="iris-lr", limits=limits, preprocess=[step])
-    router = await start_router(config)
-    status, code, message = error_of(await router.invoke("slow"))
+    mme_config.tenant("slow", endpoint="mme", model="iris-lr", limits=limits, preprocess=[step])
+    router = await start_router(mme_config)
+    status, code, message = error_parts(await router.invoke("slow"))
     assert (status, code) == (504, "upstream_timeout"), message
     assert message == f"preprocess step 0 ({step['function']}) {ending}"
     assert router.metric("router_step_failures_total", tenant="slow", reason="timeout") == 1

@@ -6,12 +6,18 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.router_fixtures import ConfigDir, RouterFactory, model_predict, output_data, v2_body
+from tests.router_fixtures import (
+    ConfigDir,
+    RouterFactory,
+    error_parts,
+    model_predict,
+    output_data,
+    v2_body,
+)
 
 IRIS = ["iris-lr", "iris-tree", "iris-knn"]
 # Rows near the versicolor/virginica border, where the three models do not always agree.
@@ -26,19 +32,6 @@ ROWS = [
 ]
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 MISSING = "no-such-model"
-
-
-def error_of(answer: tuple[int, Any, bytes]) -> tuple[int, str, str]:
-    status, _, body = answer
-    error = orjson.loads(body)["error"]
-    return status, error["code"], error["message"]
-
-
-@pytest.fixture
-def config(tmp_path: Path, fresh_mlservers: list[Any]) -> ConfigDir:
-    cfg = ConfigDir(tmp_path / "cfg")
-    cfg.endpoints({"mme": {"kind": "v2", "instances": [m.url for m in fresh_mlservers]}})
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +49,11 @@ def majority(columns: list[list[float]]) -> list[float]:
 
 
 async def test_a_vote_across_three_models(
-    config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
+    mme_config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
 ) -> None:
-    config.tenant("vote", endpoint="mme", model="iris-lr",
+    mme_config.tenant("vote", endpoint="mme", model="iris-lr",
                   ensemble={"models": IRIS, "aggregate": "vote"})  # fmt: skip
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, headers, body = await router.invoke("vote", v2_body(ROWS))
     assert status == 200, body
     assert headers["X-Variant"] == "ensemble"
@@ -75,15 +68,15 @@ async def test_a_vote_across_three_models(
 
 
 async def test_mean_and_a_custom_aggregator(
-    config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
+    mme_config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "mean", endpoint="mme", model="iris-lr", ensemble={"models": IRIS, "aggregate": "mean"}
     )
-    config.tenant("custom", endpoint="mme", model="iris-lr",
+    mme_config.tenant("custom", endpoint="mme", model="iris-lr",
                   ensemble={"models": IRIS, "aggregate": "custom",
                             "function": "examples.steps:majority_with_share"})  # fmt: skip
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, _, body = await router.invoke("mean", v2_body(ROWS))
     assert status == 200, body
     assert orjson.loads(body)["outputs"][0]["datatype"] == "FP64"
@@ -97,21 +90,21 @@ async def test_mean_and_a_custom_aggregator(
 
 
 async def test_the_partial_failure_policy(
-    config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
+    mme_config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
 ) -> None:
     members = ["iris-lr", "iris-tree", MISSING]
-    config.tenant(
+    mme_config.tenant(
         "two-of-three",
         endpoint="mme",
         model="iris-lr",
         ensemble={"models": members, "aggregate": "vote", "min_success": 2},
     )
-    config.tenant(
+    mme_config.tenant(
         "all", endpoint="mme", model="iris-lr", ensemble={"models": members, "aggregate": "vote"}
     )
-    config.tenant("first", endpoint="mme", model="iris-lr",
+    mme_config.tenant("first", endpoint="mme", model="iris-lr",
                   ensemble={"models": [MISSING, "iris-tree"], "aggregate": "first_success"})  # fmt: skip
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, headers, body = await router.invoke("two-of-three", v2_body(ROWS))
     assert status == 200, body
     assert headers["X-Model-Id"] == "iris-lr,iris-tree"
@@ -124,7 +117,7 @@ async def test_the_partial_failure_policy(
     )
     assert failed == 1
 
-    status, code, message = error_of(await router.invoke("all", v2_body(ROWS)))
+    status, code, message = error_parts(await router.invoke("all", v2_body(ROWS)))
     assert (status, code) == (502, "upstream_error")
     # It stops as soon as the policy cannot be met: the others may not have answered yet.
     assert re.match(rf"ensemble: [0-2] of 3 models answered, 3 needed \({MISSING}: ", message)
@@ -138,10 +131,10 @@ async def test_the_partial_failure_policy(
 
 
 async def test_the_fallback_answers_when_the_primary_cannot_load(
-    config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
+    mme_config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
 ) -> None:
-    config.tenant("acme", endpoint="mme", model=MISSING, fallback={"model": "iris-lr"})
-    router = await start_router(config)
+    mme_config.tenant("acme", endpoint="mme", model=MISSING, fallback={"model": "iris-lr"})
+    router = await start_router(mme_config)
     status, headers, body = await router.invoke("acme", v2_body(ROWS))
     assert status == 200, body
     assert (headers["X-Variant"], headers["X-Model-Id"]) == ("fallback", "iris-lr")
@@ -158,12 +151,12 @@ async def test_the_fallback_answers_when_the_primary_cannot_load(
 
 
 async def test_when_the_fallback_fails_too_both_reasons_are_given(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
-    config.tenant("acme", endpoint="mme", model=MISSING, fallback={"model": "also-missing"})
-    router = await start_router(config)
+    mme_config.tenant("acme", endpoint="mme", model=MISSING, fallback={"model": "also-missing"})
+    router = await start_router(mme_config)
     status, headers, body = await router.invoke("acme", v2_body(ROWS))
-    status, code, message = error_of((status, headers, body))
+    status, code, message = error_parts((status, headers, body))
     assert (status, code) == (502, "upstream_error")
     assert "'also-missing'" in message
     assert f"(the fallback, after {MISSING!r} failed: " in message
@@ -171,24 +164,24 @@ async def test_when_the_fallback_fails_too_both_reasons_are_given(
 
 
 async def test_no_fallback_for_reasons_not_listed_or_for_rejected_input(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "timeouts-only",
         endpoint="mme",
         model=MISSING,
         fallback={"model": "iris-lr", "on": ["upstream_timeout"]},
     )
-    config.tenant("acme", endpoint="mme", model="iris-tree", fallback={"model": "iris-lr"})  # fmt: skip
-    router = await start_router(config)
-    assert error_of(await router.invoke("timeouts-only", v2_body(ROWS)))[:2] == (
+    mme_config.tenant("acme", endpoint="mme", model="iris-tree", fallback={"model": "iris-lr"})  # fmt: skip
+    router = await start_router(mme_config)
+    assert error_parts(await router.invoke("timeouts-only", v2_body(ROWS)))[:2] == (
         502,
         "upstream_error",
     )
     # The model refuses the input (an output it does not have): the caller's problem, not an outage.
     refused = orjson.loads(v2_body(ROWS))
     refused["outputs"] = [{"name": "no_such_output"}]
-    status, code, _ = error_of(await router.invoke("acme", orjson.dumps(refused)))
+    status, code, _ = error_parts(await router.invoke("acme", orjson.dumps(refused)))
     assert (status, code) == (400, "invalid_request")
     assert router.metric("router_fallbacks_total") == 0
 
@@ -197,9 +190,9 @@ async def test_no_fallback_for_reasons_not_listed_or_for_rejected_input(
 
 
 async def test_the_model_is_selected_from_an_input_field(
-    config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
+    mme_config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "shop",
         endpoint="mme",
         model="iris-lr",
@@ -211,7 +204,7 @@ async def test_the_model_is_selected_from_an_input_field(
         preprocess=[{"step": "records_to_v2", "features": FEATURES}],
         postprocess=[{"step": "v2_to_json"}],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
 
     def sent(product_type: str | None) -> bytes:
         rows = [dict(zip(FEATURES, row, strict=True)) for row in ROWS]
@@ -229,31 +222,31 @@ async def test_the_model_is_selected_from_an_input_field(
 
     mixed = orjson.loads(sent("linear"))
     mixed[0]["product_type"] = "tree"
-    status, code, message = error_of(await router.invoke("shop", orjson.dumps(mixed)))
+    status, code, message = error_parts(await router.invoke("shop", orjson.dumps(mixed)))
     assert (status, code) == (400, "invalid_request")
     assert "different 'product_type' values" in message
 
 
 async def test_selection_without_steps_forwards_the_body_and_needs_a_match(
-    config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
+    mme_config: ConfigDir, start_router: RouterFactory, predictions: dict[str, list[float]]
 ) -> None:
     """A V2 request names its kind in ``parameters``; the body itself goes upstream unchanged."""
-    config.tenant(
+    mme_config.tenant(
         "shop",
         endpoint="mme",
         model="iris-lr",
         select_model={"field": "parameters.kind", "models": {"tree": "iris-tree"}},
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     request = orjson.loads(v2_body(ROWS))
     request["parameters"] = {"kind": "tree"}
     status, headers, body = await router.invoke("shop", orjson.dumps(request))
     assert (status, headers["X-Model-Id"]) == (200, "iris-tree"), body
     assert output_data(body) == predictions["iris-tree"]
     request["parameters"] = {"kind": "forest"}
-    assert error_of(await router.invoke("shop", orjson.dumps(request))) == (
+    assert error_parts(await router.invoke("shop", orjson.dumps(request))) == (
         400,
         "invalid_request",
         "no model for parameters.kind='forest' (known: tree)",
     )
-    assert error_of(await router.invoke("shop", b"not json"))[:2] == (400, "invalid_request")
+    assert error_parts(await router.invoke("shop", b"not json"))[:2] == (400, "invalid_request")

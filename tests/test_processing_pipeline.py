@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.router_fixtures import ConfigDir, RouterFactory, model_predict, v2_body
+from tests.router_fixtures import ConfigDir, RouterFactory, error_parts, model_predict, v2_body
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.0, 2.9, 4.5, 1.5], [6.9, 3.1, 5.4, 2.1]]
@@ -22,22 +22,10 @@ def records(rows: list[list[float]], names: list[str] = FEATURES) -> list[dict[s
     return [dict(zip(names, row, strict=True)) for row in rows]
 
 
-def error_of(status: int, body: bytes) -> tuple[int, str, str]:
-    error = orjson.loads(body)["error"]
-    return status, error["code"], error["message"]
-
-
-@pytest.fixture
-def config(tmp_path: Path, fresh_mlservers: list[Any]) -> ConfigDir:
-    cfg = ConfigDir(tmp_path / "cfg")
-    cfg.endpoints({"mme": {"kind": "v2", "instances": [m.url for m in fresh_mlservers]}})
-    return cfg
-
-
 async def test_records_to_v2_to_iris_to_labels(
-    config: ConfigDir, start_router: RouterFactory, models_dir: Path
+    mme_config: ConfigDir, start_router: RouterFactory, models_dir: Path
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-lr",
@@ -47,7 +35,7 @@ async def test_records_to_v2_to_iris_to_labels(
             {"step": "label_map", "labels": SPECIES},
         ],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, headers, body = await router.invoke("flowers", orjson.dumps(records(IRIS_ROWS)))
     assert status == 200, body
     expected = [SPECIES[int(c)] for c in model_predict(models_dir, "iris-lr", IRIS_ROWS)]
@@ -61,10 +49,10 @@ async def test_records_to_v2_to_iris_to_labels(
 
 
 async def test_record_steps_before_the_model(
-    config: ConfigDir, start_router: RouterFactory, models_dir: Path
+    mme_config: ConfigDir, start_router: RouterFactory, models_dir: Path
 ) -> None:
     """rename, defaults and inject shape the caller's fields into the model's features."""
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-tree",
@@ -77,7 +65,7 @@ async def test_record_steps_before_the_model(
         ],
         postprocess=[{"step": "v2_to_json"}],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     sent = [
         {"sl": 5.1, "pl": 1.4, "sepal_width": 99.0, "note": "ignored"},  # inject overwrites 99
         {"sl": 6.9, "pl": 5.4, "petal_width": 2.1, "sepal_width": 0.0},
@@ -90,9 +78,9 @@ async def test_record_steps_before_the_model(
 
 
 async def test_top_k_on_predict_proba(
-    config: ConfigDir, start_router: RouterFactory, models_dir: Path
+    mme_config: ConfigDir, start_router: RouterFactory, models_dir: Path
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-lr",
@@ -103,7 +91,7 @@ async def test_top_k_on_predict_proba(
             {"step": "round", "digits": 3, "field": None},
         ],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, _, body = await router.invoke("flowers", orjson.dumps(records(IRIS_ROWS)))
     assert status == 200, body
     ranked = orjson.loads(body)
@@ -116,9 +104,9 @@ async def test_top_k_on_predict_proba(
 
 
 async def test_records_output_select_and_rename_after_the_model(
-    config: ConfigDir, start_router: RouterFactory, models_dir: Path
+    mme_config: ConfigDir, start_router: RouterFactory, models_dir: Path
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-knn",
@@ -130,7 +118,7 @@ async def test_records_output_select_and_rename_after_the_model(
             {"step": "label_map", "labels": SPECIES, "field": "species"},
         ],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, _, body = await router.invoke("flowers", orjson.dumps(records(IRIS_ROWS)))
     assert status == 200, body
     expected = [SPECIES[int(c)] for c in model_predict(models_dir, "iris-knn", IRIS_ROWS)]
@@ -138,17 +126,17 @@ async def test_records_output_select_and_rename_after_the_model(
 
 
 async def test_threshold_and_round_on_a_regression(
-    config: ConfigDir, start_router: RouterFactory, models_dir: Path
+    mme_config: ConfigDir, start_router: RouterFactory, models_dir: Path
 ) -> None:
     value = model_predict(models_dir, "diabetes-lr", [DIABETES_ROW])[0]
-    config.tenant(
+    mme_config.tenant(
         "clinic",
         endpoint="mme",
         model="diabetes-lr",
         preprocess=[{"step": "records_to_v2", "features": DIABETES_FEATURES}],
         postprocess=[{"step": "v2_to_json"}, {"step": "round", "digits": 1}],
     )
-    config.tenant(
+    mme_config.tenant(
         "triage",
         endpoint="mme",
         model="diabetes-lr",
@@ -159,7 +147,7 @@ async def test_threshold_and_round_on_a_regression(
              "field": "predict"},
         ],
     )  # fmt: skip
-    router = await start_router(config)
+    router = await start_router(mme_config)
     body = orjson.dumps(records([DIABETES_ROW], DIABETES_FEATURES))
     status, _, answer = await router.invoke("clinic", body)
     assert (status, orjson.loads(answer)) == (200, [round(value, 1)])
@@ -201,9 +189,9 @@ async def test_records_to_csv_reaches_a_csv_speaking_endpoint_as_csv(
 
 
 async def test_a_variant_s_steps_replace_the_tenant_s(
-    config: ConfigDir, start_router: RouterFactory, models_dir: Path
+    mme_config: ConfigDir, start_router: RouterFactory, models_dir: Path
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-lr",
@@ -227,7 +215,7 @@ async def test_a_variant_s_steps_replace_the_tenant_s(
             "overrides": {"plain": ["u-plain"], "named": ["u-named"]},
         },
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     sent = orjson.dumps(records(IRIS_ROWS))
     status, headers, body = await router.invoke("flowers", sent, unit="u-plain")
     assert (status, headers["X-Variant"]) == (200, "plain")
@@ -242,10 +230,10 @@ async def test_a_variant_s_steps_replace_the_tenant_s(
 
 
 async def test_a_pre_step_rejecting_the_input_is_400_naming_the_step(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
-    config.tenant("flowers", endpoint="mme", model="iris-lr", preprocess=[TO_V2])
-    router = await start_router(config)
+    mme_config.tenant("flowers", endpoint="mme", model="iris-lr", preprocess=[TO_V2])
+    router = await start_router(mme_config)
     missing = records(IRIS_ROWS[:1])
     del missing[0]["petal_width"]
     cases = [
@@ -255,7 +243,7 @@ async def test_a_pre_step_rejecting_the_input_is_400_naming_the_step(
         (orjson.dumps([{**records(IRIS_ROWS[:1])[0], "sepal_width": "wide"}]), "not a number"),
     ]
     for sent, reason in cases:
-        status, code, message = error_of(*(await router.invoke("flowers", sent))[::2])
+        status, code, message = error_parts(await router.invoke("flowers", sent))
         assert (status, code) == (400, "invalid_request"), message
         assert message.startswith("preprocess step 0 (records_to_v2) "), message
         assert reason in message
@@ -266,36 +254,36 @@ async def test_a_pre_step_rejecting_the_input_is_400_naming_the_step(
 
 
 async def test_a_post_step_failing_is_502_with_the_reason(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
     # iris predicts 0..2; a two-label map has no label for class 2 (virginica).
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-lr",
         preprocess=[TO_V2],
         postprocess=[{"step": "v2_to_json"}, {"step": "label_map", "labels": ["a", "b"]}],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, headers, body = await router.invoke("flowers", orjson.dumps(records(IRIS_ROWS)))
-    status, code, message = error_of(status, body)
+    status, code, message = error_parts((status, None, body))
     assert (status, code) == (502, "upstream_error")
     assert message == "postprocess step 1 (label_map) failed: no label for 2"
     assert headers["X-Model-Id"] == "iris-lr"
 
 
 async def test_a_model_answer_that_is_not_v2_fails_the_post_step(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "flowers",
         endpoint="mme",
         model="iris-lr",
         postprocess=[{"step": "v2_to_json", "output": "predict_proba"}],
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, _, body = await router.invoke("flowers", v2_body(IRIS_ROWS))
-    assert error_of(status, body) == (
+    assert error_parts((status, None, body)) == (
         502,
         "upstream_error",
         "postprocess step 0 (v2_to_json) failed: no output named 'predict_proba'",
@@ -303,14 +291,14 @@ async def test_a_model_answer_that_is_not_v2_fails_the_post_step(
 
 
 async def test_without_steps_the_body_is_forwarded_unparsed(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
     """The fast path: no route processing is compiled, so nothing can parse the body."""
-    config.tenant("plain", endpoint="mme", model="iris-lr")
-    config.tenant(
+    mme_config.tenant("plain", endpoint="mme", model="iris-lr")
+    mme_config.tenant(
         "steps", endpoint="mme", model="iris-lr", postprocess=[{"step": "round", "digits": 2}]
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     from router.keys import STATE
 
     routes = router.app[STATE].table.routes

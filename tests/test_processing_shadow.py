@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -42,13 +40,6 @@ def gate() -> Iterator[asyncio.Event]:
         GATE = None
 
 
-@pytest.fixture
-def config(tmp_path: Path, fresh_mlservers: list[Any]) -> ConfigDir:
-    cfg = ConfigDir(tmp_path / "cfg")
-    cfg.endpoints({"mme": {"kind": "v2", "instances": [m.url for m in fresh_mlservers]}})
-    return cfg
-
-
 def shadow_metric(router: RunningRouter, name: str, tenant: str, **labels: str) -> float:
     return router.metric(f"router_shadow_{name}", tenant=tenant, **labels)
 
@@ -63,16 +54,16 @@ async def wait_for(
 
 
 async def test_the_caller_is_answered_while_the_shadow_still_runs(
-    config: ConfigDir, start_router: RouterFactory, gate: asyncio.Event
+    mme_config: ConfigDir, start_router: RouterFactory, gate: asyncio.Event
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "acme",
         endpoint="mme",
         model="iris-lr",
         shadow={"model": "iris-tree", "percent": 100, "comparator": f"{HERE}:gated_same_answer"},
     )
-    config.tenant("alone", endpoint="mme", model="iris-lr")
-    router = await start_router(config)
+    mme_config.tenant("alone", endpoint="mme", model="iris-lr")
+    router = await start_router(mme_config)
     status, headers, body = await router.invoke("acme", v2_body(SETOSA))
     assert status == 200, body
     assert (headers["X-Model-Id"], headers["X-Variant"]) == ("iris-lr", "default")
@@ -89,9 +80,9 @@ async def test_the_caller_is_answered_while_the_shadow_still_runs(
 
 
 async def test_a_slow_shadow_cannot_pile_up(
-    config: ConfigDir, start_router: RouterFactory, gate: asyncio.Event
+    mme_config: ConfigDir, start_router: RouterFactory, gate: asyncio.Event
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "acme",
         endpoint="mme",
         model="iris-lr",
@@ -102,7 +93,7 @@ async def test_a_slow_shadow_cannot_pile_up(
             "comparator": f"{HERE}:gated_same_answer",
         },
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     for _ in range(5):
         status, _, body = await router.invoke("acme", v2_body(SETOSA))
         assert status == 200, body
@@ -114,24 +105,24 @@ async def test_a_slow_shadow_cannot_pile_up(
 
 
 async def test_exact_and_tolerance_agreement(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
     proba = [
         {"step": "records_to_v2", "features": ["a", "b", "c", "d"], "outputs": ["predict_proba"]}
     ]
-    config.tenant(
+    mme_config.tenant(
         "exact", endpoint="mme", model="iris-lr", shadow={"model": "iris-tree", "percent": 100}
     )
-    config.tenant(
+    mme_config.tenant(
         "loose",
         endpoint="mme",
         model="iris-lr",
         preprocess=proba,
         shadow={"model": "iris-knn", "percent": 100, "tolerance": 0.5},
     )
-    config.tenant("strict", endpoint="mme", model="iris-lr", preprocess=proba,
+    mme_config.tenant("strict", endpoint="mme", model="iris-lr", preprocess=proba,
                   shadow={"model": "iris-knn", "percent": 100, "tolerance": 0.0001})  # fmt: skip
-    router = await start_router(config)
+    router = await start_router(mme_config)
     record = orjson.dumps({"a": 5.1, "b": 3.5, "c": 1.4, "d": 0.2})
     for tenant, body in [("exact", v2_body(SETOSA)), ("loose", record), ("strict", record)]:
         status, _, answer = await router.invoke(tenant, body)
@@ -143,12 +134,12 @@ async def test_exact_and_tolerance_agreement(
 
 
 async def test_a_failing_shadow_is_counted_and_never_reaches_the_caller(
-    config: ConfigDir, start_router: RouterFactory
+    mme_config: ConfigDir, start_router: RouterFactory
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "acme", endpoint="mme", model="iris-lr", shadow={"model": "no-such-model", "percent": 100}
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     status, _, body = await router.invoke("acme", v2_body(SETOSA))
     assert status == 200, body
     await wait_for(router, "requests_total", "acme", 1, result="error")
@@ -156,15 +147,15 @@ async def test_a_failing_shadow_is_counted_and_never_reaches_the_caller(
 
 
 async def test_shutdown_cancels_and_awaits_running_shadows(
-    config: ConfigDir, start_router: RouterFactory, gate: asyncio.Event
+    mme_config: ConfigDir, start_router: RouterFactory, gate: asyncio.Event
 ) -> None:
-    config.tenant(
+    mme_config.tenant(
         "acme",
         endpoint="mme",
         model="iris-lr",
         shadow={"model": "iris-tree", "percent": 100, "comparator": f"{HERE}:gated_same_answer"},
     )
-    router = await start_router(config)
+    router = await start_router(mme_config)
     assert (await router.invoke("acme", v2_body(SETOSA)))[0] == 200
     await wait_for(router, "in_flight", "acme", 1)
     runner = router.app[BACKENDS].processing.shadows
