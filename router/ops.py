@@ -78,6 +78,13 @@ def _describe(route: TenantRoute) -> dict[str, Any]:
     }
     if tenant.experiment is not None:
         described["experiment"] = tenant.experiment.model_dump(mode="json")
+    processing = tenant.model_dump(
+        mode="json",
+        include={"preprocess", "postprocess", "shadow", "fallback", "ensemble", "select_model"},
+        exclude_defaults=True,
+    )
+    if processing:
+        described["processing"] = processing
     return described
 
 

@@ -79,7 +79,13 @@ async def test_admin_reload_reports_problems_and_needs_the_token(
     outcome = await router.reload("s3cret")
     assert outcome["ok"] is False
     assert outcome["issues"] == ["tenants/bad.yaml: model: Field required"]
-    config.tenant("initech", endpoint="mme", model="diabetes-lr")
+    config.tenant(
+        "initech",
+        endpoint="mme",
+        model="diabetes-lr",
+        postprocess=[{"step": "v2_to_json"}],
+        fallback={"model": "iris-lr"},
+    )
     outcome = await router.reload("s3cret")
     headers = {"Authorization": "Bearer s3cret"}
     async with router.session.get(f"{router.url}/v1/admin/tenants", headers=headers) as resp:
@@ -87,6 +93,9 @@ async def test_admin_reload_reports_problems_and_needs_the_token(
     assert set(tenants) == {"globex", "initech"}
     assert tenants["initech"]["model"] == "diabetes-lr"
     assert tenants["initech"]["backend"]["kind"] == "v2"
+    assert "processing" not in tenants["globex"]
+    assert tenants["initech"]["processing"]["fallback"]["model"] == "iris-lr"
+    assert tenants["initech"]["processing"]["postprocess"][0]["step"] == "v2_to_json"
 
 
 async def test_deleted_tenant_is_gone(config: ConfigDir, start_router: RouterFactory) -> None:
