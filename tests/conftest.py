@@ -79,16 +79,20 @@ def redis_base_url() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
-def redis_url(redis_base_url: str) -> str:
-    """``redis://.../9``, flushed before the test."""
-    url = f"{redis_base_url}/{TEST_REDIS_DB}"
+def flushed(url: str) -> str:
+    """``url`` after emptying its database: each test starts from nothing."""
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
     finally:
         client.close()
     return url
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> str:
+    """``redis://.../9`` (or ``WARMROUTE_TEST_REDIS_DB``), flushed before the test."""
+    return flushed(f"{redis_base_url}/{TEST_REDIS_DB}")
 
 
 @pytest.fixture

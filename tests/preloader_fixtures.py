@@ -21,7 +21,6 @@ import aiohttp
 import orjson
 import pytest
 import pytest_asyncio
-import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
@@ -35,6 +34,7 @@ from preloader.metrics import PreloaderMetrics
 from preloader.progress import Progress
 from preloader.settings import Settings
 from router.warm_map import warm_flag_key, warm_map_key
+from tests.conftest import flushed
 from tests.router_fixtures import IRIS_SETOSA, ConfigDir
 
 DIABETES_ROW = [0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.02]
@@ -99,13 +99,7 @@ def preloader_redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture
 def preloader_redis_url(preloader_redis_server: RedisServer) -> str:
-    url = f"{preloader_redis_server.url}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
+    return flushed(f"{preloader_redis_server.url}/0")
 
 
 @pytest_asyncio.fixture
