@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from tenancy.fields import HttpUrl, ModelId, Name, PositiveMs, Sha256Hex
 from tenancy.processing import Ensemble, Fallback, SelectModel, Shadow, Steps
+from tenancy.rollout import Rollout
 
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024
 
@@ -130,6 +131,9 @@ class Experiment(Frozen):
     ttl_s: int = Field(
         default=90 * 24 * 3600, ge=60, description="How long a stored assignment lives."
     )
+    rollout: Rollout | None = Field(
+        default=None, description="Step the canary weight up on its own (canary experiments)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -138,6 +142,10 @@ class Experiment(Frozen):
             raise ValueError("a canary has exactly two variants: control first, then canary")
         if self.kind == "ab" and len(self.variants) < 2:
             raise ValueError("an ab experiment needs two or more variants")
+        if self.rollout is not None and self.kind != "canary":
+            raise ValueError(
+                f"a rollout needs a canary experiment (kind: canary), not kind {self.kind!r}"
+            )
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate variant names: {', '.join(duplicates)}")
