@@ -46,6 +46,7 @@ import redis
 from bench.procs import ROOT, Processes, Server, handle_stop_signals
 from devstack import mlserver as mls
 from devstack.ports import free_port
+from router.redis_keys import preloader_lock_key, traffic_key, warm_flag_key, warm_map_key
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"iris-lr": 4, "iris-tree": 4, "iris-knn": 4, "diabetes-lr": 10}  # model -> features
@@ -246,7 +247,7 @@ def wait_published(redis_url: str, endpoint: str, url: str, timeout_s: float = 6
     started = time.monotonic()
     with contextlib.closing(client):
         while time.monotonic() - started < timeout_s:
-            raw = client.hget(f"wr:warmmap:{endpoint}", url)
+            raw = client.hget(warm_map_key(endpoint), url)
             if raw is not None and set(json.loads(raw)["models"]) >= set(MODELS):
                 return time.monotonic() - started
             time.sleep(0.05)
@@ -256,8 +257,8 @@ def wait_published(redis_url: str, endpoint: str, url: str, timeout_s: float = 6
 def cleanup_redis(redis_url: str, endpoint: str) -> None:
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     with contextlib.closing(client), contextlib.suppress(redis.RedisError, OSError):
-        keys = [f"wr:warmmap:{endpoint}", f"wr:warm:{endpoint}", f"wr:preloader:lock:{endpoint}"]
-        keys += [k.decode() for k in client.scan_iter(match=f"wr:traffic:{endpoint}:*")]
+        keys = [warm_map_key(endpoint), warm_flag_key(endpoint), preloader_lock_key(endpoint)]
+        keys += [k.decode() for k in client.scan_iter(match=traffic_key(endpoint, 0)[:-1] + "*")]
         client.delete(*keys)
 
 

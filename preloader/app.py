@@ -57,7 +57,7 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    async with redis_client(app[SETTINGS].redis_url) as client:
+    async with redis_client(app[SETTINGS].redis_target) as client:
         app[REDIS] = client
         yield
 

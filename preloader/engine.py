@@ -18,7 +18,6 @@ import uuid
 from dataclasses import dataclass
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from preloader.leader import Leadership, RedisLock, lock_key
 from preloader.metrics import PreloaderMetrics
@@ -30,6 +29,7 @@ from preloader.v2_warmer import V2Warmer
 from preloader.warm_set import WarmSets
 from preloader.warmer import Warmer, WarmStatus
 from router.backends.sagemaker import SageMakerClients
+from router.redis_conn import RedisClient
 from tenancy.models import Endpoint, SageMakerEndpoint, V2Endpoint
 from tenancy.snapshot import Snapshot
 from tenancy.store import ConfigStore, ReloadOutcome
@@ -78,7 +78,7 @@ class Preloader:
         *,
         store: ConfigStore,
         session: aiohttp.ClientSession,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         sagemaker: SageMakerClients,
         metrics: PreloaderMetrics,
         progress: Progress,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from preloader.engine import Preloader
@@ -11,6 +10,7 @@ from preloader.metrics import PreloaderMetrics
 from preloader.progress import Progress
 from preloader.settings import Settings
 from router.backends.sagemaker import SageMakerClients
+from router.redis_conn import RedisClient
 from tenancy.store import ConfigStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -18,6 +18,6 @@ METRICS = web.AppKey("metrics", PreloaderMetrics)
 PROGRESS = web.AppKey("progress", Progress)
 CONFIG = web.AppKey("config", ConfigStore)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 SAGEMAKER = web.AppKey("sagemaker", SageMakerClients)
 PRELOADER = web.AppKey("preloader", Preloader)

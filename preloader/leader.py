@@ -17,10 +17,11 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.loops import cancel_and_wait, reraise_if_cancelling
+from router.redis_conn import RedisClient
+from router.redis_keys import preloader_lock_key
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,13 @@ return 0
 
 
 def lock_key(endpoint: str) -> str:
-    return f"wr:preloader:lock:{endpoint}"
+    return preloader_lock_key(endpoint)
 
 
 class RedisLock:
     """A lock with an expiry: only the holder of ``token`` can renew or release it."""
 
-    def __init__(self, redis: aioredis.Redis, key: str, token: str, *, ttl_s: float) -> None:
+    def __init__(self, redis: RedisClient, key: str, token: str, *, ttl_s: float) -> None:
         self.redis = redis
         self.key = key
         self.token = token

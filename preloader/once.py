@@ -67,7 +67,7 @@ async def run_once(
             settings,
             store=store,
             session=await stack.enter_async_context(http_session()),
-            redis=await stack.enter_async_context(redis_client(settings.redis_url)),
+            redis=await stack.enter_async_context(redis_client(settings.redis_target)),
             sagemaker=await stack.enter_async_context(sagemaker_clients()),
             metrics=metrics or PreloaderMetrics(),
             progress=progress,

@@ -12,8 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection, Mapping
 
-import redis.asyncio as aioredis
-
+from router.redis_conn import RedisClient
 from router.warm_map import encode_entry, warm_flag_key, warm_map_key
 
 # The hash outlives a silent preloader by this much, then Redis drops it (entries are ignored by
@@ -24,7 +23,7 @@ MAP_EXPIRE_S = 600
 class WarmPublisher:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         endpoint: str,
         *,
         flag_ttl_s: float = 30.0,

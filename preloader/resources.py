@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from router.backends.sagemaker import SageMakerClients
+from router.redis_conn import PoolOptions, RedisClient, RedisTarget, close_redis, open_redis
 
 
 @asynccontextmanager
@@ -25,15 +25,25 @@ async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @asynccontextmanager
-async def redis_client(url: str) -> AsyncIterator[aioredis.Redis]:
-    """Redis for the lock, the warm map and the traffic counters; bounded waits, never hangs."""
-    client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=30
+async def redis_client(target: RedisTarget) -> AsyncIterator[RedisClient]:
+    """Redis for the lock, the warm map and the traffic counters; bounded waits, never hangs.
+
+    One retry: a call that meets a Sentinel failover or a Cluster slot move asks again once.
+    """
+    client = open_redis(
+        target,
+        PoolOptions(
+            max_connections=32,
+            connect_timeout_s=2.0,
+            socket_timeout_s=5.0,
+            retries=1,
+            health_check_interval_s=30.0,
+        ),
     )
     try:
         yield client
     finally:
-        await client.aclose()
+        await close_redis(client)
 
 
 @asynccontextmanager

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.redis_conn import RedisTarget, add_redis_arguments, target_from_args
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 9090
 
@@ -16,6 +18,8 @@ DEFAULT_PORT = 9090
 class Settings:
     config_dir: Path
     redis_url: str = DEFAULT_REDIS_URL
+    redis_cluster: bool = False
+    redis_ca: str | None = None
     once: bool = False
     # Sidecar mode: warm this one local v2 instance with the warm set of ``endpoint``.
     sidecar_url: str | None = None
@@ -37,6 +41,10 @@ class Settings:
     # Who holds a lock (logs and the lock's value); default: host name and process id.
     instance_id: str = ""
 
+    @property
+    def redis_target(self) -> RedisTarget:
+        return RedisTarget(url=self.redis_url, cluster=self.redis_cluster, ca_file=self.redis_ca)
+
 
 def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
     return float(env.get(name, str(default)))
@@ -51,7 +59,7 @@ def parse_settings(
         description="warmroute preloader: load models into multi-model endpoints before traffic",
     )
     parser.add_argument("--config", default=env.get("WARMROUTE_CONFIG"), help="config directory")
-    parser.add_argument("--redis-url", default=env.get("WARMROUTE_REDIS_URL", DEFAULT_REDIS_URL))
+    add_redis_arguments(parser, env, DEFAULT_REDIS_URL)
     parser.add_argument(
         "--once",
         action="store_true",
@@ -97,9 +105,12 @@ def parse_settings(
     for name in ("check_interval", "lock_ttl"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    target = target_from_args(parser, args)
     return Settings(
         config_dir=Path(args.config),
-        redis_url=args.redis_url,
+        redis_url=target.url,
+        redis_cluster=target.cluster,
+        redis_ca=target.ca_file,
         once=args.once,
         sidecar_url=args.sidecar.rstrip("/") if args.sidecar else None,
         endpoint=args.endpoint,

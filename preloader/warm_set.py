@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.loops import reraise_if_cancelling
+from router.redis_conn import RedisClient
 from router.traffic import recent_traffic
 from tenancy.models import Capacity, Tenant
 from tenancy.snapshot import Snapshot
@@ -171,7 +171,7 @@ class WarmSets:
     def __init__(
         self,
         snapshot: Callable[[], Snapshot],
-        redis: aioredis.Redis | None,
+        redis: RedisClient | None,
         *,
         traffic_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,

@@ -8,10 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from router import ops, views
 from router.assignment import Assigner
@@ -33,6 +30,7 @@ from router.keys import (
 )
 from router.loops import cancel_and_wait
 from router.metrics import RouterMetrics
+from router.redis_conn import PoolOptions, close_redis, open_redis
 from router.routing import (
     BackendFactory,
     LimiterRegistry,
@@ -71,19 +69,21 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     budget_s = app[SETTINGS].redis_budget_ms / 1000
     # No client-side retries: the request's Redis budget is the only retry policy.
     # A blocking pool: past max_connections a call waits (inside its budget) instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        app[SETTINGS].redis_url,
-        max_connections=128,
-        timeout=max(budget_s, 0.05),
-        socket_connect_timeout=max(budget_s, 0.05),
-        socket_timeout=max(budget_s * 5, 0.1),
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
+    # (Sentinel and Cluster pools do not block: past max_connections a call fails, the hash decides.)
+    client = open_redis(
+        app[SETTINGS].redis_target,
+        PoolOptions(
+            max_connections=128,
+            wait_timeout_s=max(budget_s, 0.05),
+            connect_timeout_s=max(budget_s, 0.05),
+            socket_timeout_s=max(budget_s * 5, 0.1),
+            retries=0,
+            health_check_interval_s=0.0,
+        ),
     )
-    client = aioredis.Redis(connection_pool=pool)
     app[REDIS] = client
     yield
-    await client.aclose(close_connection_pool=True)
+    await close_redis(client)
 
 
 async def _routing(app: web.Application) -> AsyncIterator[None]:

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.breaker import Breaker
 from router.metrics import RouterMetrics
+from router.redis_conn import RedisClient
 from tenancy.models import Experiment, Variant
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Assigner:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         metrics: RouterMetrics,
         *,
         budget_s: float = 0.020,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from router.assignment import Assigner
 from router.backends.sagemaker import SageMakerClients
 from router.metrics import RouterMetrics
+from router.redis_conn import RedisClient
 from router.routing import BackendFactory, LimiterRegistry, RouterState
 from router.service import InvocationService
 from router.settings import Settings
@@ -19,7 +19,7 @@ METRICS = web.AppKey("metrics", RouterMetrics)
 CONFIG = web.AppKey("config", ConfigStore)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 SAGEMAKER = web.AppKey("sagemaker", SageMakerClients)
-REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 BACKENDS = web.AppKey("backends", BackendFactory)
 LIMITERS = web.AppKey("limiters", LimiterRegistry)
 STATE = web.AppKey("state", RouterState)

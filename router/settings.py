@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.redis_conn import RedisTarget, add_redis_arguments, target_from_args
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -17,12 +19,18 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     redis_url: str = DEFAULT_REDIS_URL
+    redis_cluster: bool = False
+    redis_ca: str | None = None
     admin_token: str | None = None
     redis_budget_ms: float = 20.0
     shutdown_timeout_s: float = 20.0
     reload_interval_s: float = 0.5
     wait_for_warm: bool = False
     instance_id: str = ""
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        return RedisTarget(url=self.redis_url, cluster=self.redis_cluster, ca_file=self.redis_ca)
 
 
 def _env_bool(value: str | None) -> bool:
@@ -37,7 +45,7 @@ def parse_settings(
     parser.add_argument("--config", default=env.get("WARMROUTE_CONFIG"), help="config directory")
     parser.add_argument("--host", default=env.get("WARMROUTE_HOST", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(env.get("WARMROUTE_PORT", "8080")))
-    parser.add_argument("--redis-url", default=env.get("WARMROUTE_REDIS_URL", DEFAULT_REDIS_URL))
+    add_redis_arguments(parser, env, DEFAULT_REDIS_URL)
     parser.add_argument("--admin-token", default=env.get("WARMROUTE_ADMIN_TOKEN") or None)
     parser.add_argument(
         "--redis-budget-ms",
@@ -60,11 +68,14 @@ def parse_settings(
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("--config DIR (or WARMROUTE_CONFIG) is required")
+    target = target_from_args(parser, args)
     return Settings(
         config_dir=Path(args.config),
         host=args.host,
         port=args.port,
-        redis_url=args.redis_url,
+        redis_url=target.url,
+        redis_cluster=target.cluster,
+        redis_ca=target.ca_file,
         admin_token=args.admin_token,
         redis_budget_ms=args.redis_budget_ms,
         shutdown_timeout_s=args.shutdown_timeout,

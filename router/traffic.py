@@ -12,10 +12,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.loops import reraise_if_cancelling
+from router.redis_conn import RedisClient
 from router.warm_map import traffic_key
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ KEEP_MINUTES = 60
 class TrafficCounter:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         interval_s: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -65,7 +65,7 @@ class TrafficCounter:
 
 
 async def recent_traffic(
-    redis: aioredis.Redis, endpoint: str, *, minutes: int = KEEP_MINUTES, now: float | None = None
+    redis: RedisClient, endpoint: str, *, minutes: int = KEEP_MINUTES, now: float | None = None
 ) -> Counter[str]:
     """model -> requests over the last ``minutes`` (what the preloader orders by)."""
     current = int((time.time() if now is None else now) // 60)

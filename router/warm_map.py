@@ -1,6 +1,6 @@
 """Which models are warm on which v2 instance, as the preloader publishes it in Redis.
 
-Contract (written by ``preloader``, read here):
+Contract (written by ``preloader``, read here; key names in ``router.redis_keys``):
 
 - ``wr:warmmap:{endpoint}`` — a hash: field = instance base URL, value = JSON
   ``{"models": [...], "ts": <unix seconds>}``; entries older than ``STALE_AFTER_S`` are ignored
@@ -18,26 +18,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.loops import reraise_if_cancelling
+from router.redis_keys import traffic_key, warm_flag_key, warm_map_key
+
+__all__ = ["WarmMap", "decode_map", "encode_entry", "traffic_key", "warm_flag_key", "warm_map_key"]
+from router.redis_conn import RedisClient
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER_S = 30.0
-
-
-def warm_map_key(endpoint: str) -> str:
-    return f"wr:warmmap:{endpoint}"
-
-
-def warm_flag_key(endpoint: str) -> str:
-    return f"wr:warm:{endpoint}"
-
-
-def traffic_key(endpoint: str, minute: int) -> str:
-    return f"wr:traffic:{endpoint}:{minute}"
 
 
 def encode_entry(models: Iterable[str], now: float) -> bytes:
@@ -66,7 +57,7 @@ class WarmMap:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.time,

@@ -20,6 +20,7 @@ from devstack import mlserver as mls
 from preloader.engine import SidecarError
 from preloader.once import run_once
 from preloader.progress import Progress
+from router.redis_keys import preloader_lock_key
 from router.warm_map import warm_flag_key
 from tests.preloader_fixtures import (
     ALL_MODELS,
@@ -342,7 +343,7 @@ async def test_leader_failover(
     one preloader leads and warms; a second one stands by (and is ready: it leads nothing); when
     the leader stops, the standby takes over within the lock TTL and keeps the endpoint warm."""
     cfg = mme_config(tmp_path / "cfg", [m.url for m in fresh_mlservers])
-    lock = "wr:preloader:lock:mme"
+    lock = preloader_lock_key("mme")
     await redis_client.set(lock, "crashed-holder", px=1000)  # a leader that died a moment ago
     first = await start_preloader(preloader_settings(cfg, preloader_redis_url, instance_id="p1"))
     await settle(0.2)

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from preloader.leader import Leadership, RedisLock
 from preloader.settings import parse_settings
 from preloader.warm_set import WarmModel, WarmSets, build_warm_set, encode_sample, fit_capacity
+from router.redis_keys import preloader_lock_key
 from router.traffic import TrafficCounter
 from tenancy.models import Capacity, Endpoint, Preload, Tenant, V2Endpoint
 from tenancy.snapshot import Snapshot
@@ -154,16 +155,16 @@ async def test_recent_traffic_from_the_routers_counters(redis_client: aioredis.R
 
 
 async def test_lock_only_its_holder_renews_or_releases(redis_client: aioredis.Redis) -> None:
-    mine = RedisLock(redis_client, "wr:preloader:lock:x", "me", ttl_s=5)
-    theirs = RedisLock(redis_client, "wr:preloader:lock:x", "them", ttl_s=5)
+    mine = RedisLock(redis_client, preloader_lock_key("x"), "me", ttl_s=5)
+    theirs = RedisLock(redis_client, preloader_lock_key("x"), "them", ttl_s=5)
     assert await mine.acquire()
     assert not await theirs.acquire()
     assert not await theirs.renew()
     assert not await theirs.release()
     assert await mine.holder() == "me"
-    await redis_client.pexpire("wr:preloader:lock:x", 100)
+    await redis_client.pexpire(preloader_lock_key("x"), 100)
     assert await mine.renew()
-    assert await redis_client.pttl("wr:preloader:lock:x") > 1000
+    assert await redis_client.pttl(preloader_lock_key("x")) > 1000
     assert await mine.release()
     assert await theirs.acquire()
     assert await mine.holder() == "them"
@@ -182,20 +183,20 @@ async def test_a_leader_that_loses_its_lock_stops_working(redis_client: aioredis
         finally:
             stopped.set()
 
-    lock = RedisLock(redis_client, "wr:preloader:lock:y", "me", ttl_s=0.6)
+    lock = RedisLock(redis_client, preloader_lock_key("y"), "me", ttl_s=0.6)
     leadership = Leadership(lock, work, ttl_s=0.6)
     task = asyncio.create_task(leadership.run())
     try:
         await asyncio.wait_for(working.wait(), 5)
         assert leadership.leading
-        await redis_client.set("wr:preloader:lock:y", "thief", px=60_000)
+        await redis_client.set(preloader_lock_key("y"), "thief", px=60_000)
         await asyncio.wait_for(stopped.wait(), 5)
 
         async def not_leading() -> bool:
             return not leadership.leading
 
         await eventually(not_leading, within_s=2)
-        assert await redis_client.get("wr:preloader:lock:y") == b"thief"
+        assert await redis_client.get(preloader_lock_key("y")) == b"thief"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from router.redis_keys import warm_flag_key
 from tests.router_fixtures import ConfigDir, RouterFactory, RunningRouter, sha
 
 
@@ -197,11 +198,11 @@ async def test_503_not_ready_until_the_preloader_says_warm(
         error_of(resp.status, resp.headers, await resp.read(), 503, "not_ready")
         assert "mme" in (await resp.json())["error"]["message"]
     client = aioredis.Redis.from_url(redis_url)
-    await client.set("wr:warm:mme", "1")
+    await client.set(warm_flag_key("mme"), "1")
     async with router.session.get(f"{router.url}/readyz") as resp:
         assert resp.status == 200
     # Latched: a later scale-out (flag down while a new instance warms) keeps the router ready.
-    await client.delete("wr:warm:mme")
+    await client.delete(warm_flag_key("mme"))
     await client.aclose()
     async with router.session.get(f"{router.url}/readyz") as resp:
         assert resp.status == 200
