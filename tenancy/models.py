@@ -40,6 +40,38 @@ class Capacity(Frozen):
     max_bytes: int | None = Field(default=None, ge=1)
 
 
+class PlacementPolicy(Frozen):
+    """How the warm set is spread over the instances (SPEC "Placement")."""
+
+    mode: Literal["auto", "replicate", "spread"] = Field(
+        default="auto",
+        description="replicate: every instance holds the whole warm set (capped by capacity); "
+        "spread: each model on `copies` instances; auto: replicate when the warm set fits on every "
+        "instance (less headroom), else spread.",
+    )
+    min_copies: int = Field(default=1, ge=1, le=64, description="Copies of every placed model.")
+    max_copies: int = Field(
+        default=3, ge=1, le=64, description="Copies of the busiest models; capped by the instances."
+    )
+    headroom: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of each instance's capacity kept free for on-demand loads.",
+    )
+    unload_idle_s: float = Field(
+        default=600.0, gt=0, description="An on-demand model unused this long is unloaded."
+    )
+
+    @model_validator(mode="after")
+    def _copies_in_order(self) -> Self:
+        if self.min_copies > self.max_copies:
+            raise ValueError(
+                f"min_copies ({self.min_copies}) must not exceed max_copies ({self.max_copies})"
+            )
+        return self
+
+
 class EndpointPreload(Frozen):
     concurrency: int = Field(default=4, ge=1, le=256, description="Loads at once per instance.")
     keep_warm_interval_s: float = Field(
@@ -60,6 +92,7 @@ class V2Endpoint(Frozen):
     max_connections: int = Field(default=256, ge=1, description="Pooled connections per instance.")
     capacity: Capacity = Capacity()
     preload: EndpointPreload = EndpointPreload()
+    placement: PlacementPolicy = PlacementPolicy()
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:

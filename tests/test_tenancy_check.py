@@ -166,3 +166,26 @@ def test_api_key_hashes_must_be_sha256_hex(config: ConfigDir) -> None:
 def test_committed_json_schema_is_current(name: str) -> None:
     committed = (REPO / "schema" / name).read_bytes()
     assert committed == render(SCHEMA_FILES[name]), "run `make schema` and commit schema/"
+
+
+@pytest.mark.parametrize(
+    ("placement", "where", "message"),
+    [
+        (
+            {"min_copies": 3, "max_copies": 2},
+            "placement",
+            "min_copies (3) must not exceed max_copies (2)",
+        ),
+        ({"headroom": 1}, "placement.headroom", "less than 1"),
+        ({"mode": "scatter"}, "placement.mode", "'auto', 'replicate' or 'spread'"),
+        ({"copies": 2}, "placement.copies", "unknown field"),
+    ],
+)
+def test_placement_rules(
+    config: ConfigDir, placement: dict[str, object], where: str, message: str
+) -> None:
+    config.endpoints({"local": {**V2, "placement": placement}})
+    found = issues_of(config.root)
+    assert len(found) == 1, found
+    assert found[0].startswith(f"endpoints.yaml: endpoints.local.{where}: "), found
+    assert message in found[0]
