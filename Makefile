@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 MODELS := .cache/models
 
-.PHONY: setup run test lint typecheck check schema bench bench-coldstart clean
+.PHONY: setup run test lint typecheck check schema bench bench-coldstart bench-placement clean
 
 # The project's environment: the locked dev set (a superset of the runtime lock the image installs).
 $(VENV)/.stamp: requirements/dev.lock pyproject.toml
@@ -53,6 +53,10 @@ bench: setup
 
 bench-coldstart: setup
 	$(PY) -m bench.coldstart
+
+# Pure simulation (no servers): placement against the alternatives on 10,000 models, 100 instances.
+bench-placement: $(VENV)/.stamp
+	$(PY) -m bench.placement_sim
 
 clean:
 	rm -rf $(VENV) $(MLS_VENV) .cache

@@ -33,11 +33,9 @@ from tenancy.models import Capacity, PlacementPolicy
 
 Resolved = Literal["replicate", "spread"]
 
-_MASK = (1 << 64) - 1
-_MIX1 = 0x9E3779B97F4A7C15
-_MIX2 = 0xBF58476D1CE4E5B9
 _INDEX_BITS = 20  # a score's low bits carry the instance's index, so plain int sorting ranks
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
+_SCORE_MASK = ((1 << 64) - 1) ^ _INDEX_MASK
 _UNLIMITED = 1 << 62
 
 
@@ -83,26 +81,35 @@ class Placement:
 
 
 def key_hash(name: str) -> int:
-    """A 64-bit hash of a name, the same in every process (unlike ``hash()``)."""
+    """A 64-bit hash of a model name, the same in every process (unlike ``hash()``)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
 
 
-def _scores(model_hash: int, instance_hashes: Sequence[int]) -> list[int]:
-    # Multiply-xorshift-multiply of (model ^ instance): every bit of both hashes reaches the high
-    # bits the comparison looks at. The index in the low bits makes ties impossible.
-    return [
-        (((y := ((model_hash ^ h) * _MIX1) & _MASK) ^ (y >> 29)) * _MIX2 & _MASK)
-        >> _INDEX_BITS
-        << _INDEX_BITS
-        | i
-        for i, h in enumerate(instance_hashes)
-    ]
+InstanceKey = tuple[int, int, int]
+
+
+def instance_keys(names: Sequence[str]) -> list[InstanceKey]:
+    """Per instance, an odd multiplier and an offset drawn from its name's hash, and its index."""
+    keys = []
+    for index, name in enumerate(names):
+        digest = hashlib.blake2b(name.encode(), digest_size=16, person=b"instance").digest()
+        keys.append(
+            (int.from_bytes(digest[:8], "big") | 1, int.from_bytes(digest[8:], "big"), index)
+        )
+    return keys
+
+
+def _scores(model_hash: int, keys: Sequence[InstanceKey]) -> list[int]:
+    # Score of (model, instance): the top bits of model_hash x multiplier + offset, mod 2^64 (a
+    # multiply-shift hash, one per instance: cheap, and it depends on this pair alone, which is all
+    # rendezvous hashing needs). The index in the low bits makes ties impossible and ``max`` exact.
+    return [(model_hash * a + b) & _SCORE_MASK | i for a, b, i in keys]
 
 
 def rank(model: str, instances: Iterable[str]) -> list[str]:
     """The instances in ``model``'s rendezvous order, best first."""
     names = sorted(set(instances))
-    scores = _scores(key_hash(model), [key_hash(n) for n in names])
+    scores = _scores(key_hash(model), instance_keys(names))
     scores.sort(reverse=True)
     return [names[s & _INDEX_MASK] for s in scores]
 
@@ -119,14 +126,9 @@ def copies_wanted(
         share = max(model.demand, 0.0) / total if total > 0 else 0.0
         wanted[model.name] = min(most, max(least, math.ceil(share * instances - 1e-9)))
     if total > 0:
-        busiest = max(models, key=lambda m: (m.demand, _neg_name(m.name)))
+        busiest = min(models, key=lambda m: (-m.demand, m.name))
         wanted[busiest.name] = max(wanted[busiest.name], min(2, most))
     return wanted
-
-
-def _neg_name(name: str) -> tuple[int, ...]:
-    # Ties on demand go to the smaller name, with ``max``.
-    return tuple(-ord(c) for c in name)
 
 
 def warm_order(models: Iterable[ModelDemand]) -> list[ModelDemand]:
@@ -210,7 +212,7 @@ def _distinct(models: Iterable[ModelDemand]) -> list[ModelDemand]:
 def _replicate(
     ordered: Sequence[ModelDemand], names: tuple[str, ...], room: _Room, charge: Mapping[str, int]
 ) -> Placement:
-    instance_hashes = [key_hash(n) for n in names]
+    keys = instance_keys(names)
     holders: dict[str, tuple[str, ...]] = {}
     unplaced: list[str] = []
     for model in ordered:
@@ -222,7 +224,7 @@ def _replicate(
             unplaced.append(model.name)
             continue
         chosen = set(where)
-        scores = _scores(key_hash(model.name), instance_hashes)
+        scores = _scores(key_hash(model.name), keys)
         scores.sort(reverse=True)
         holders[model.name] = tuple(
             names[s & _INDEX_MASK] for s in scores if s & _INDEX_MASK in chosen
@@ -249,7 +251,7 @@ def _spread(
     charge: Mapping[str, int],
     policy: PlacementPolicy,
 ) -> Placement:
-    instance_hashes = [key_hash(n) for n in names]
+    keys = instance_keys(names)
     kept = list(ordered[: _kept(ordered, room, charge)])
     unplaced = [m.name for m in ordered[len(kept) :]]
     model_hash = {m.name: key_hash(m.name) for m in kept}
@@ -257,7 +259,7 @@ def _spread(
     # First copies, in hash order: independent of traffic, so a traffic shift does not move them.
     for model in sorted(kept, key=lambda m: (model_hash[m.name], m.name)):
         size = charge[model.name]
-        scores = _scores(model_hash[model.name], instance_hashes)
+        scores = _scores(model_hash[model.name], keys)
         best = max(scores) & _INDEX_MASK
         if not room.fits(best, size):
             scores.sort(reverse=True)
@@ -281,7 +283,7 @@ def _spread(
                 continue
             ranking = rankings.get(model.name)
             if ranking is None:
-                scores = _scores(model_hash[model.name], instance_hashes)
+                scores = _scores(model_hash[model.name], keys)
                 scores.sort(reverse=True)
                 ranking = rankings[model.name] = [s & _INDEX_MASK for s in scores]
             size = charge[model.name]

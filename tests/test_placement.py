@@ -236,6 +236,12 @@ def test_ranking_spreads_first_choices_evenly() -> None:
     counts = [firsts.count(i) for i in instances]
     assert min(counts) > 400, counts  # 500 each, +-4.5 sigma
     assert max(counts) < 600, counts
+    # Second choices too: after any first choice, every other instance comes next about as often.
+    after_first = [
+        rank(f"model-{i}", instances)[1] for i in range(5000) if firsts[i] == instances[0]
+    ]
+    seconds = [after_first.count(i) for i in instances[1:]]
+    assert min(seconds) > len(after_first) / 9 / 3, seconds
 
 
 # --- 6. stability ------------------------------------------------------------------------------
