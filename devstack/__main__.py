@@ -8,14 +8,28 @@ from pathlib import Path
 
 from devstack.mlserver import repo_root
 from devstack.stack import run
+from tenancy.text import DefaultsHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack")
     sub = parser.add_subparsers(dest="command", required=True)
-    start = sub.add_parser("run", help="MLServer x2 + Redis + router + preloader")
-    start.add_argument("--config", type=Path, default=repo_root() / "examples" / "config")
-    start.add_argument("--state", type=Path, default=repo_root() / ".cache" / "devstack")
+    start = sub.add_parser(
+        "run",
+        help="MLServer x2 + Redis + router + preloader",
+        description="The local stack. Redis database: $WARMROUTE_RUN_REDIS_DB (default 15), "
+        "emptied on start.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    start.add_argument(
+        "--config", type=Path, default=repo_root() / "examples" / "config", help="config served"
+    )
+    start.add_argument(
+        "--state",
+        type=Path,
+        default=repo_root() / ".cache" / "devstack",
+        help="logs and MLServer work folders",
+    )
     args = parser.parse_args(argv)
     return run(args.config, args.state)
 

@@ -17,9 +17,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import redis
+
 from devstack.ports import free_port
 
-__all__ = ["RedisServer", "ensure_redis", "find_redis_server", "redis_ping"]
+__all__ = ["RedisServer", "ensure_redis", "find_redis_server", "flush_database", "redis_ping"]
 
 _START_TIMEOUT_S = 10.0
 _STOP_GRACE_S = 5.0
@@ -213,3 +215,12 @@ def ensure_redis(url: str) -> RedisServer | None:
     if host not in _LOCAL_HOSTS:
         raise RuntimeError(f"no Redis answers at {host}:{port}, and it is not a local address")
     return RedisServer(host="127.0.0.1" if host == "localhost" else host, port=port)
+
+
+def flush_database(url: str) -> None:
+    """``FLUSHDB`` on the database ``url`` names (only that one: others share the server)."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        client.flushdb()
+    finally:
+        client.close()

@@ -4,6 +4,7 @@ its preloader, on the embedded ``examples/config``. Ctrl-C stops everything it s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -14,13 +15,55 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from devstack.mlserver import MLServerInstance, models_dir, repo_root, start_mlserver
-from devstack.ports import wait_http
-from devstack.redis_server import ensure_redis
+from devstack.ports import urlopen_direct, wait_http
+from devstack.redis_server import ensure_redis, flush_database
+from tenancy.text import plural
 
 MLSERVER_PORTS = (8081, 8082)  # as examples/config/endpoints.yaml names them
 ROUTER_PORT = 8080
 PRELOADER_PORT = 9090
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_ADDRESS = "redis://127.0.0.1:6379"
+# The stack's own Redis database, emptied on start: never the shared database 0, never the tests'.
+RUN_REDIS_DB_ENV = "WARMROUTE_RUN_REDIS_DB"
+DEFAULT_RUN_REDIS_DB = 15
+WARM_TIMEOUT_S = 120.0
+
+
+def run_redis_url(environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    raw = env.get(RUN_REDIS_DB_ENV, str(DEFAULT_RUN_REDIS_DB))
+    if not raw.isdigit():
+        raise SystemExit(f"{RUN_REDIS_DB_ENV} must be a database number, not {raw!r}")
+    return f"{REDIS_ADDRESS}/{int(raw)}"
+
+
+def warm_summary(readiness: dict[str, object], seconds: float) -> str:
+    """The preloader's /ready details as one line: ``all N models warm on M instances (T s)``."""
+    endpoints = readiness.get("endpoints")
+    models = instances = 0
+    if isinstance(endpoints, dict):
+        for details in endpoints.values():
+            if isinstance(details, dict):
+                models += int(details.get("models", 0))
+                instances += int(details.get("instances", 0))
+    return (
+        f"all {plural(models, 'model')} warm on {plural(instances, 'instance')} ({seconds:.1f} s)"
+    )
+
+
+def wait_warm(preloader_url: str, timeout: float) -> dict[str, object]:
+    """Poll the preloader's ``/ready`` until its first pass has warmed everything; its details."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urlopen_direct(f"{preloader_url}/ready", 2.0) as resp:
+                details: dict[str, object] = json.loads(resp.read())
+                return details
+        except OSError as exc:  # 503 (HTTPError) while warming, refused while starting
+            last = str(exc)
+        time.sleep(0.2)
+    raise TimeoutError(f"the models were not warm within {timeout:.0f} s (last: {last})")
 
 
 def _port_taken(port: int) -> bool:
@@ -81,11 +124,14 @@ def running_stack(config: Path, state: Path) -> Iterator[list[subprocess.Popen[b
         if _port_taken(port):
             raise SystemExit(f"port {port} is already in use: stop what runs there and retry")
     env = {**os.environ, "WARMROUTE_LOG_LEVEL": os.environ.get("WARMROUTE_LOG_LEVEL", "INFO")}
+    redis_url = run_redis_url()
     with contextlib.ExitStack() as stack:
-        redis = ensure_redis(REDIS_URL)
+        redis = ensure_redis(redis_url)
         if redis is not None:
             stack.callback(redis.stop)
             print(f"started a Redis for this stack at {redis.url}")
+        flush_database(redis_url)
+        print(f"Redis {redis_url} (emptied; {RUN_REDIS_DB_ENV} picks another database)")
         instances: list[MLServerInstance] = []
         for port in MLSERVER_PORTS:
             instance = start_mlserver(
@@ -95,31 +141,32 @@ def running_stack(config: Path, state: Path) -> Iterator[list[subprocess.Popen[b
             instances.append(instance)
         for instance in instances:
             instance.wait_ready(60)
-            print(f"MLServer ready at {instance.url} (no model loaded)")
+            print(f"MLServer ready at {instance.url} (no model loaded; log: {instance.log_path})")
         python = sys.executable
         router = _spawn(
             [python, "-m", "router", "--config", str(config), "--host", "127.0.0.1",
-             "--port", str(ROUTER_PORT), "--redis-url", REDIS_URL],
+             "--port", str(ROUTER_PORT), "--redis-url", redis_url],
             state / "router.log",
             env,
         )  # fmt: skip
         stack.callback(_stop, router)
         url = f"http://127.0.0.1:{ROUTER_PORT}"
         wait_http(f"{url}/readyz", timeout=30)
-        children = [router]
-        if (repo_root() / "preloader" / "__main__.py").exists():
-            preloader = _spawn(
-                [python, "-m", "preloader", "--config", str(config), "--redis-url", REDIS_URL,
-                 "--host", "127.0.0.1", "--port", str(PRELOADER_PORT)],
-                state / "preloader.log",
-                env,
-            )  # fmt: skip
-            stack.callback(_stop, preloader)
-            children.append(preloader)
-            print(f"preloader warming the example models (log: {state / 'preloader.log'})")
-        print(f"router ready at {url} (log: {state / 'router.log'})\n")
+        print(f"router ready at {url} (log: {state / 'router.log'})")
+        started = time.monotonic()
+        preloader = _spawn(
+            [python, "-m", "preloader", "--config", str(config), "--redis-url", redis_url,
+             "--host", "127.0.0.1", "--port", str(PRELOADER_PORT)],
+            state / "preloader.log",
+            env,
+        )  # fmt: skip
+        stack.callback(_stop, preloader)
+        print(f"preloader warming the example models (log: {state / 'preloader.log'})")
+        readiness = wait_warm(f"http://127.0.0.1:{PRELOADER_PORT}", WARM_TIMEOUT_S)
+        print(warm_summary(readiness, time.monotonic() - started) + "\n")
         print(curl_examples(url))
-        print("\nCtrl-C stops everything this started.")
+        print(f"\nCtrl-C (or kill -INT {os.getpid()}) stops everything this started.", flush=True)
+        children = [router, preloader]
         yield children
 
 
@@ -131,6 +178,10 @@ def run(config: Path, state: Path) -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Set explicitly: a shell starting `make run &` without job control hands its background
+    # jobs SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # seen live when piped
     try:
         with running_stack(config, state) as children:
             while not stop:

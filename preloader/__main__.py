@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
             result = uvloop.run(run_once(settings, progress=progress))
             for failure in result.failures:
                 print(failure.line(), flush=True)
+            if not result.ok:
+                for line in result.report():
+                    print(line, flush=True)
             return 0 if result.ok else EXIT_NOT_WARM
         app = create_app(settings, progress=progress)
     except ConfigError as exc:

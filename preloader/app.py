@@ -20,6 +20,7 @@ from preloader.metrics import PreloaderMetrics
 from preloader.progress import Progress
 from preloader.resources import http_session, redis_client, sagemaker_clients
 from preloader.settings import Settings
+from router.http_errors import error_middleware
 from router.loops import cancel_and_wait
 from tenancy.store import ConfigStore
 
@@ -98,7 +99,8 @@ def create_app(
 ) -> web.Application:
     """Build the preloader. Loads the config strictly: an invalid directory raises ConfigError,
     and ``--sidecar`` without a clear v2 endpoint raises SidecarError."""
-    app = web.Application()
+    # The router's error middleware: unknown routes and methods answer JSON 404/405 here too.
+    app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics or PreloaderMetrics()
     app[PROGRESS] = progress or Progress()

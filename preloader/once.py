@@ -19,6 +19,7 @@ from preloader.resources import http_session, redis_client, sagemaker_clients
 from preloader.settings import Settings
 from preloader.warmer import WarmStatus
 from tenancy.store import ConfigStore
+from tenancy.text import plural
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,26 @@ class OnceResult:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def report(self) -> list[str]:
+        """What a person reads after a run that is not all warm: what is warm, what did not
+        answer, and what to start."""
+        lines: list[str] = []
+        for status in self.statuses:
+            if status.warm:
+                lines.append(f"{status.endpoint}: warm ({status.reason})")
+                continue
+            lines.append(
+                f"{status.endpoint}: {status.models} of {plural(status.wanted, 'model')} warm "
+                f"on every reachable instance ({plural(status.instances, 'instance')} listed)"
+            )
+            if status.unreachable:
+                lines.append(
+                    f"{status.endpoint}: could not reach {', '.join(status.unreachable)}: start "
+                    "the model server at each address (or correct the endpoint's instances in "
+                    "endpoints.yaml), then run again; `make run` starts the example ones"
+                )
+        return lines
 
     def summary(self) -> Summary:
         return Summary(

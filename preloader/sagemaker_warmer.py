@@ -39,6 +39,7 @@ from router.backends.sagemaker import SageMakerBackend, SageMakerClients
 from router.errors import InvalidRequest, RouterError
 from router.loops import cancel_and_wait, reraise_if_cancelling
 from tenancy.models import SageMakerEndpoint
+from tenancy.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class SageMakerWarmer(Warmer):
         failures = tuple(f for m, f in self.failures.items() if m in wanted)
         warm = self._passed and not cold
         reason = (
-            f"{len(wanted)} models warm on {self.instance_count} instances"
+            f"{plural(len(wanted), 'model')} warm on {plural(self.instance_count, 'instance')}"
             if warm
             else f"not warm: {', '.join(cold) or 'not invoked yet'}"
         )

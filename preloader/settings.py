@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.redis_conn import RedisTarget, add_redis_arguments, target_from_args
+from tenancy.text import DefaultsHelpFormatter
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PORT = 9090
@@ -56,7 +57,9 @@ def parse_settings(
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="python -m preloader",
-        description="warmroute preloader: load models into multi-model endpoints before traffic",
+        description="warmroute preloader: load models into multi-model endpoints before traffic "
+        "(each flag also reads its WARMROUTE_* variable)",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--config", default=env.get("WARMROUTE_CONFIG"), help="config directory")
     add_redis_arguments(parser, env, DEFAULT_REDIS_URL)
@@ -76,9 +79,16 @@ def parse_settings(
         default=env.get("WARMROUTE_PRELOADER_ENDPOINT") or None,
         help="sidecar mode: whose warm set (default: the config's only v2 endpoint)",
     )
-    parser.add_argument("--host", default=env.get("WARMROUTE_PRELOADER_HOST", "0.0.0.0"))
     parser.add_argument(
-        "--port", type=int, default=int(env.get("WARMROUTE_PRELOADER_PORT", str(DEFAULT_PORT)))
+        "--host",
+        default=env.get("WARMROUTE_PRELOADER_HOST", "0.0.0.0"),
+        help="address of /healthz, /ready, /metrics",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(env.get("WARMROUTE_PRELOADER_PORT", str(DEFAULT_PORT))),
+        help="port of /healthz, /ready, /metrics",
     )
     parser.add_argument(
         "--check-interval",
@@ -96,6 +106,7 @@ def parse_settings(
         "--shutdown-timeout",
         type=float,
         default=_float_env(env, "WARMROUTE_SHUTDOWN_TIMEOUT", 10.0),
+        help="seconds loads in flight get to finish after SIGTERM",
     )
     args = parser.parse_args(argv)
     if not args.config:

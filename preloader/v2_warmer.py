@@ -34,6 +34,7 @@ from router.backends.v2 import V2Instance, upstream_message
 from router.errors import RouterError
 from router.loops import cancel_and_wait, reraise_if_cancelling
 from tenancy.models import V2Endpoint
+from tenancy.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +160,7 @@ class V2Warmer(Warmer):
         now = self._clock()
         for model in missing[room:]:
             if model.name not in state.failures:
-                reason = (
-                    f"instance at capacity: holds {len(ready)} models, max_models is {capacity}"
-                )
+                reason = f"instance at capacity: holds {plural(len(ready), 'model')}, max_models is {capacity}"
                 state.failures[model.name] = WarmFailure(self.name, state.url, model.name, reason)
                 self._progress.failed(state.failures[model.name])
         todo = [m for m in missing[:room] if self._due(state.url, m.name, now)]
@@ -264,10 +263,11 @@ class V2Warmer(Warmer):
     def status(self) -> WarmStatus:
         wanted = self._warm_set.names
         states = list(self.states.values())
-        everywhere = set(wanted)
-        for state in states:
-            if state.error is None:  # an unreachable instance serves nothing either
-                everywhere &= state.ready
+        reachable = [s for s in states if s.error is None]
+        # Warm everywhere that answers; nothing is warm when no instance answers at all.
+        everywhere = set(wanted) if reachable else set()
+        for state in reachable:
+            everywhere &= state.ready
         failures: list[WarmFailure] = []
         reasons: list[str] = []
         for state in states:
@@ -288,17 +288,18 @@ class V2Warmer(Warmer):
             reasons.append("no instances" if self._refreshed else "instances not listed yet")
         warm = not reasons
         if warm:
-            reason = f"{len(wanted)} models warm on {len(states)} instances"
+            reason = f"{plural(len(wanted), 'model')} warm on {plural(len(states), 'instance')}"
         else:
             reason = "; ".join(reasons)
         return WarmStatus(
             endpoint=self.name,
             warm=warm,
             reason=reason,
-            models=len(everywhere) if states else 0,
+            models=len(everywhere),
             wanted=len(wanted),
             instances=len(states),
             failures=tuple(failures),
+            unreachable=tuple(s.url for s in states if s.error is not None),
         )
 
     async def _publish(self) -> WarmStatus:

@@ -19,6 +19,7 @@ class WarmStatus:
     wanted: int = 0  # warm-set models
     instances: int = 0
     failures: tuple[WarmFailure, ...] = ()
+    unreachable: tuple[str, ...] = ()  # instances that did not answer at the last check
 
 
 class Warmer(abc.ABC):

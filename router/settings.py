@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.redis_conn import RedisTarget, add_redis_arguments, target_from_args
+from tenancy.text import DefaultsHelpFormatter
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -41,12 +42,26 @@ def parse_settings(
     argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
 ) -> Settings:
     env = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m router", description="warmroute data plane")
+    parser = argparse.ArgumentParser(
+        prog="python -m router",
+        description="warmroute data plane (each flag also reads its WARMROUTE_* variable)",
+        formatter_class=DefaultsHelpFormatter,
+    )
     parser.add_argument("--config", default=env.get("WARMROUTE_CONFIG"), help="config directory")
-    parser.add_argument("--host", default=env.get("WARMROUTE_HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(env.get("WARMROUTE_PORT", "8080")))
+    parser.add_argument(
+        "--host", default=env.get("WARMROUTE_HOST", "0.0.0.0"), help="address to listen on"
+    )
+    parser.add_argument(
+        "--port", type=int, default=int(env.get("WARMROUTE_PORT", "8080")), help="port to listen on"
+    )
     add_redis_arguments(parser, env, DEFAULT_REDIS_URL)
-    parser.add_argument("--admin-token", default=env.get("WARMROUTE_ADMIN_TOKEN") or None)
+    # The token is read from the environment after parsing, so --help never prints it.
+    parser.add_argument(
+        "--admin-token",
+        default=None,
+        help="bearer token the /v1/admin routes require (default: WARMROUTE_ADMIN_TOKEN; "
+        "unset: admin routes are open)",
+    )
     parser.add_argument(
         "--redis-budget-ms",
         type=float,
@@ -76,7 +91,7 @@ def parse_settings(
         redis_url=target.url,
         redis_cluster=target.cluster,
         redis_ca=target.ca_file,
-        admin_token=args.admin_token,
+        admin_token=args.admin_token or env.get("WARMROUTE_ADMIN_TOKEN") or None,
         redis_budget_ms=args.redis_budget_ms,
         shutdown_timeout_s=args.shutdown_timeout,
         wait_for_warm=args.wait_for_warm,

@@ -141,8 +141,9 @@ async def test_cli_once_exit_codes_and_failure_lines(
     cfg.tenant("hooli", endpoint="mme", model="no-such-model")
     code, out, err = await once()
     assert code == 1, (out, err)
-    failed = out.splitlines()
-    assert len(failed) == 2, failed
+    failed = [line for line in out.splitlines() if line.startswith("FAILED ")]
+    assert len(failed) == 2, out
+    assert "mme: 4 of 5 models warm on every reachable instance" in out
     for instance in fresh_mlservers:
         prefix = f"FAILED endpoint=mme instance={instance.url} model=no-such-model: load failed"
         assert sum(line.startswith(prefix) for line in failed) == 1, failed

@@ -24,6 +24,7 @@ from router.metrics import RouterMetrics
 from router.processing.interface import AggregateContext, Json, MemberResult
 from router.processing.payload import JSON_TYPE, dumps
 from tenancy.processing import Ensemble, resolve_callable
+from tenancy.text import plural
 
 if TYPE_CHECKING:
     from router.routing import TenantRoute
@@ -275,7 +276,7 @@ class EnsembleCall:
     ) -> RouterError:
         detail = "; ".join(f"{m}: {e.message}" for m, e in errors.items())
         message = (
-            f"ensemble: {len(answered)} of {len(self.models)} models answered, "
+            f"ensemble: {len(answered)} of {plural(len(self.models), 'model')} answered, "
             f"{self.needed} needed ({detail})"
         )
         # The most telling class wins: the input was refused, else a timeout, else an error.

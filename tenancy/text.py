@@ -1,0 +1,30 @@
+"""Wording shared by every command's output."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 endpoint``, ``2 endpoints``, ``0 endpoints``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {plural_form or noun + 's'}"
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default: the value in effect, environment included.
+
+    Options whose default is None or False (flags, unset secrets) show none, so a token taken from
+    the environment is never printed.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
