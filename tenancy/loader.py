@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tenancy.messages import BOUNDS, did_you_mean, number, yaml_location
 from tenancy.models import Endpoint, EndpointsFile, Tenant
 
 ENDPOINTS_FILE = "endpoints.yaml"
@@ -87,14 +88,21 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(root)"
 
 
-def _validation_issues(rel: str, error: ValidationError) -> tuple[ConfigIssue, ...]:
+def _validation_issues(
+    rel: str, error: ValidationError, model: type[BaseModel]
+) -> tuple[ConfigIssue, ...]:
     issues = []
     for item in error.errors(include_url=False):
         # Discriminated unions add the tag ("v2", "sagemaker") to the path: drop it, users never typed it.
         loc = tuple(p for p in item["loc"] if p not in ("v2", "sagemaker"))
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown field"
+            message = "unknown field" + did_you_mean(model, item["loc"])
+        elif item["type"] in BOUNDS:
+            word, key = BOUNDS[item["type"]]
+            limit = item.get("ctx", {}).get(key)
+            if limit is not None:  # steps re-raise nested errors without their ctx
+                message = f"must be {word} {number(limit)}, got {number(item['input'])}"
         issues.append(ConfigIssue(rel, _location(loc), message))
     return tuple(issues)
 
@@ -107,10 +115,8 @@ def _read_yaml(path: Path, rel: str) -> tuple[Any, tuple[ConfigIssue, ...]]:
     try:
         return yaml.safe_load(text), ()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        problem = exc.problem or exc.context or "invalid YAML"
-        return None, (ConfigIssue(rel, f"line {line}", problem),)
+        where, problem = yaml_location(text, exc)
+        return None, (ConfigIssue(rel, where, problem),)
     except yaml.YAMLError as exc:
         return None, (ConfigIssue(rel, "line 1", str(exc)),)
 
@@ -125,7 +131,7 @@ def parse_file(path: Path, rel: str, model: type[BaseModel]) -> Parsed:
     try:
         return Parsed(file_stamp, model.model_validate(data), ())
     except ValidationError as exc:
-        return Parsed(file_stamp, None, _validation_issues(rel, exc))
+        return Parsed(file_stamp, None, _validation_issues(rel, exc, model))
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,10 @@ def test_tenancy_check_names_file_and_field_of_bad_steps(config: ConfigDir) -> N
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
     assert "tenants/acme.yaml: preprocess.0.features: Field required" in lines
-    assert "tenants/acme.yaml: preprocess.0.featurez: unknown field" in lines
+    assert (
+        "tenants/acme.yaml: preprocess.0.featurez: unknown field (did you mean `features`?)"
+        in lines
+    )
     assert (
         "tenants/acme.yaml: preprocess.1.function: cannot import 'no_such_module.steps': "
         "ModuleNotFoundError: No module named 'no_such_module'" in lines
@@ -131,7 +134,7 @@ def test_tenancy_check_names_file_and_field_of_bad_steps(config: ConfigDir) -> N
         ),
         (
             {"shadow": {"model": "s", "percent": 150}},
-            "tenants/acme.yaml: shadow.percent: Input should be less than or equal to 100",
+            "tenants/acme.yaml: shadow.percent: must be at most 100, got 150",
         ),
         (
             {"shadow": {"model": "s", "percent": 5, "tolerance": 0.1,
@@ -178,7 +181,7 @@ def test_bad_processing_config_is_refused_with_file_and_field(
 def test_the_processing_example_directory_is_valid() -> None:
     result = check(REPO / "examples" / "config-processing")
     assert result.returncode == 0, result.stdout
-    assert "ok (1 endpoints, 4 tenants)" in result.stdout
+    assert "ok (1 endpoint, 4 tenants)" in result.stdout
 
 
 def test_the_warm_set_includes_every_model_a_tenant_can_reach() -> None:

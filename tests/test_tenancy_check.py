@@ -49,7 +49,7 @@ def test_invalid_directory_exits_1_with_one_line_per_problem(config: ConfigDir) 
     result = check(config.root)
     assert result.returncode == 1
     lines = result.stdout.strip().splitlines()
-    assert "tenants/acme.yaml: limitz: unknown field" in lines
+    assert "tenants/acme.yaml: limitz: unknown field (did you mean `limits`?)" in lines
     assert any(line.startswith("tenants/broken.yaml: line ") for line in lines), lines
     assert len(lines) == 2
 
@@ -69,7 +69,7 @@ def test_list_items_are_addressed_by_index(config: ConfigDir) -> None:
         },
     )
     assert issues_of(config.root) == [
-        "tenants/acme.yaml: experiment.variants.1.weight: Input should be greater than or equal to 0"
+        "tenants/acme.yaml: experiment.variants.1.weight: must be at least 0, got -5"
     ]
 
 
