@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import urllib.parse
 
 
 def plural(count: int, noun: str, plural_form: str | None = None) -> str:
@@ -27,4 +28,15 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
             or action.default in (None, False, argparse.SUPPRESS)
         ):
             return text
-        return f"{text} (default: %(default)s)".lstrip()
+        return f"{text} (default: {_without_password(action.default)})".lstrip()
+
+
+def _without_password(value: object) -> str:
+    """A URL default (``redis://:pw@host``) is shown with its password masked."""
+    text = str(value).replace("%", "%%")  # argparse %-formats help strings
+    parts = urllib.parse.urlsplit(text) if "://" in text else None
+    if parts is None or parts.password is None:
+        return text
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

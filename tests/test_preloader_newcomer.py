@@ -74,7 +74,11 @@ async def test_unknown_routes_and_methods_answer_json(
 def test_help_shows_defaults_but_never_a_token() -> None:
     """``--help`` of all three commands shows the defaults in effect; the admin token from the
     environment is never printed."""
-    env = {"WARMROUTE_ADMIN_TOKEN": "s3cret-token", "PATH": "/usr/bin:/bin"}
+    env = {
+        "WARMROUTE_ADMIN_TOKEN": "s3cret-token",
+        "WARMROUTE_REDIS_URL": "redis://:pa55word@redis.internal:6379/0",
+        "PATH": "/usr/bin:/bin",
+    }
     outputs = {}
     for module in ("router", "preloader", "tenancy"):
         done = subprocess.run(
@@ -83,9 +87,10 @@ def test_help_shows_defaults_but_never_a_token() -> None:
         )  # fmt: skip
         outputs[module] = " ".join(done.stdout.split())
     assert "(default: 8080)" in outputs["router"]
-    assert "(default: redis://127.0.0.1:6379/0)" in outputs["router"]
+    assert "(default: redis://:***@redis.internal:6379/0)" in outputs["router"]
     assert "(default: 20.0)" in outputs["router"]
     assert "s3cret-token" not in outputs["router"]
+    assert all("pa55word" not in text for text in outputs.values())
     assert "(default: 9090)" in outputs["preloader"]
     assert "(default: 2.0)" in outputs["preloader"]
     done = subprocess.run(
