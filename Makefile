@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 MODELS := .cache/models
 
-.PHONY: setup run test lint typecheck check schema bench bench-coldstart bench-placement clean
+.PHONY: setup run test lint typecheck check schema docs dashboard-png bench bench-coldstart bench-placement clean
 
 # The project's environment: the locked dev set (a superset of the runtime lock the image installs).
 $(VENV)/.stamp: requirements/dev.lock pyproject.toml
@@ -47,6 +47,15 @@ typecheck: $(VENV)/.stamp
 
 schema: $(VENV)/.stamp
 	$(PY) -m tenancy schema schema/
+
+# Generated reference pages (config from schema/, metrics from the registries); after `make schema`.
+docs: $(VENV)/.stamp
+	$(PY) -m devstack docs docs/
+
+# Validate a config directory: make check DIR=examples/config
+DIR ?= examples/config
+check: $(VENV)/.stamp
+	$(PY) -m tenancy check $(DIR)
 
 bench: setup
 	$(PY) -m bench

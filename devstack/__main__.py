@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from devstack.docs import write as write_docs
 from devstack.mlserver import repo_root
 from devstack.stack import run
 from tenancy.text import DefaultsHelpFormatter
@@ -30,7 +31,17 @@ def main(argv: list[str] | None = None) -> int:
         default=repo_root() / ".cache" / "devstack",
         help="logs and MLServer work folders",
     )
+    docs = sub.add_parser(
+        "docs",
+        help="write the generated pages of docs/ (config and metrics reference)",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    docs.add_argument("out", type=Path, nargs="?", default=Path("docs"), help="folder")
     args = parser.parse_args(argv)
+    if args.command == "docs":
+        for path in write_docs(args.out):
+            print(path)
+        return 0
     return run(args.config, args.state)
 
 
