@@ -60,7 +60,8 @@ __all__ = [
     "v2_request",
 ]
 
-_STARTUP_TIMEOUT_S = 30.0
+# Generous: on a small shared machine under load MLServer takes well over 30 s to start.
+_STARTUP_TIMEOUT_S = 120.0
 _STOP_GRACE_S = 5.0
 _HTTP_TIMEOUT_S = 10.0
 

@@ -14,6 +14,7 @@ from router import ops, views
 from router.assignment import Assigner
 from router.backends.sagemaker import SageMakerClients
 from router.backends.v2 import V2Backend
+from router.global_rate import GlobalRates
 from router.http_errors import error_middleware
 from router.keys import (
     ASSIGNER,
@@ -22,6 +23,7 @@ from router.keys import (
     HTTP,
     LIMITERS,
     METRICS,
+    RATES,
     REDIS,
     SAGEMAKER,
     SERVICE,
@@ -96,7 +98,12 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
     backends = BackendFactory(
         app[HTTP], app[SAGEMAKER], metrics, warm_map=warm_map, traffic=traffic
     )
-    limiters = LimiterRegistry()
+    rates = GlobalRates(
+        redis, metrics, budget_s=settings.redis_budget_ms / 1000, replica_id=settings.instance_id
+    )
+    await rates.join()
+    app[RATES] = rates
+    limiters = LimiterRegistry(rates)
     app[BACKENDS] = backends
     app[LIMITERS] = limiters
     state = RouterState(compile_table(store.current, backends, limiters))
@@ -125,9 +132,11 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(store.watch(settings.reload_interval_s), name="config-watch"),
         asyncio.create_task(warm_map.run(), name="warm-map"),
         asyncio.create_task(traffic.run(), name="traffic-flush"),
+        asyncio.create_task(rates.run(), name="replica-heartbeat"),
     ]
     yield
     await cancel_and_wait(tasks)
+    await rates.aclose()
     await assigner.aclose()
     await backends.aclose()
 

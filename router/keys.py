@@ -7,6 +7,7 @@ from aiohttp import web
 
 from router.assignment import Assigner
 from router.backends.sagemaker import SageMakerClients
+from router.global_rate import GlobalRates
 from router.metrics import RouterMetrics
 from router.redis_conn import RedisClient
 from router.routing import BackendFactory, LimiterRegistry, RouterState
@@ -22,6 +23,7 @@ SAGEMAKER = web.AppKey("sagemaker", SageMakerClients)
 REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 BACKENDS = web.AppKey("backends", BackendFactory)
 LIMITERS = web.AppKey("limiters", LimiterRegistry)
+RATES = web.AppKey("rates", GlobalRates)
 STATE = web.AppKey("state", RouterState)
 ASSIGNER = web.AppKey("assigner", Assigner)
 SERVICE = web.AppKey("service", InvocationService)

@@ -45,5 +45,6 @@ def rate_key(tenant: str) -> str:
     return tagged("wr:rate", tenant)
 
 
-# One sorted set for all replicas (one slot): member = replica id, score = last heartbeat.
-REPLICAS_KEY = tagged("wr:replicas", "router")
+def replicas_key(group: str = "router") -> str:
+    """One sorted set per fleet (one slot): member = replica id, score = its last heartbeat."""
+    return tagged("wr:replicas", group)

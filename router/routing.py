@@ -18,7 +18,8 @@ from router.assignment import ExperimentPlan
 from router.backends.base import Backend
 from router.backends.sagemaker import SageMakerBackend, SageMakerClients
 from router.backends.v2 import InstancePicker, V2Backend, V2Instance
-from router.limits import LimitSpec, TenantLimiter
+from router.global_rate import GlobalRates
+from router.limits import LimitSpec, RateGate, TenantLimiter
 from router.metrics import RouterMetrics
 from router.processing.flow import RouteProcessing, compile_processing
 from router.processing.runtime import ProcessingRuntime
@@ -151,15 +152,23 @@ class BackendFactory:
 class LimiterRegistry:
     """Limiters outlive reloads, so a config edit does not reset a tenant's in-flight count."""
 
-    def __init__(self) -> None:
+    def __init__(self, rates: GlobalRates | None = None) -> None:
         self._limiters: dict[str, TenantLimiter] = {}
+        self._rates = rates  # None: each replica limits on its own (no Redis)
 
     def get(self, tenant_id: str, tenant: Tenant) -> TenantLimiter:
         limits = tenant.limits
         spec = LimitSpec(limits.max_concurrency, limits.rps, limits.burst)
         limiter = self._limiters.get(tenant_id)
         if limiter is None:
-            limiter = self._limiters[tenant_id] = TenantLimiter(spec)
+            rates = self._rates
+            factory = None
+            if rates is not None:
+
+                def factory(rps: float, burst: float) -> RateGate:
+                    return rates.bucket(tenant_id, rps, burst)
+
+            limiter = self._limiters[tenant_id] = TenantLimiter(spec, rate_factory=factory)
         else:
             limiter.update(spec)
         return limiter
