@@ -52,6 +52,10 @@ schema: $(VENV)/.stamp
 docs: $(VENV)/.stamp
 	$(PY) -m devstack docs docs/
 
+# docs/dashboard.png: the Grafana dashboard's main panels, drawn from a live stack under load.
+dashboard-png: setup
+	$(PY) -m devstack.dashboard --out docs/dashboard.png
+
 # Validate a config directory: make check DIR=examples/config
 DIR ?= examples/config
 check: $(VENV)/.stamp
