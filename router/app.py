@@ -133,6 +133,7 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(warm_map.run(), name="warm-map"),
         asyncio.create_task(traffic.run(), name="traffic-flush"),
         asyncio.create_task(rates.run(), name="replica-heartbeat"),
+        asyncio.create_task(assigner.run_renewals(), name="assignment-renewals"),
     ]
     yield
     await cancel_and_wait(tasks)
