@@ -30,7 +30,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from router.breaker import Breaker
+from router.breaker import DENIED, Breaker
 from router.limits import LocalBucket
 from router.loops import cancel_and_wait, reraise_if_cancelling
 from router.metrics import RouterMetrics
@@ -157,15 +157,18 @@ class SharedRate:
 
     def _refill(self, now: float) -> None:
         rates = self._rates
-        if not rates.breaker.allow():
+        permit = rates.breaker.acquire()
+        if permit == DENIED:
             self._redis_failed(now, count=False)
             return
         self.refilling = True
         batch = self._batch()
         want = batch - min(self.stock, 0)
-        rates.spawn(self._run_refill(want, batch))
+        rates.spawn(self._run_refill(want, batch, permit))
 
-    async def _run_refill(self, want: int, batch: int) -> None:
+    async def _run_refill(self, want: int, batch: int, permit: int) -> None:
+        """``permit`` (from the breaker) gets exactly one verdict: only an in-budget answer is a
+        success; a cancelled refill releases it, so a probe slot is never kept."""
         rates = self._rates
         call = asyncio.ensure_future(
             rates.take_script(keys=[self.key], args=[self.rps, self.burst, want])
@@ -177,20 +180,23 @@ class SharedRate:
             if not in_budget:
                 # Not cancelled: Redis takes the tokens whatever we do, so a late grant is spent.
                 counted = True
-                rates.breaker.failure()
+                rates.breaker.failure(permit)
                 self._redis_failed(self._clock(), count=True)
             raw = await call
         except (RedisError, OSError) as exc:
             reraise_if_cancelling(exc)
             if not counted:
-                rates.breaker.failure()
+                counted = True
+                rates.breaker.failure(permit)
                 self._redis_failed(self._clock(), count=True)
             log.debug("rate refill for %s failed: %r", self.key, exc)
             return
         finally:
             self.refilling = False
+            if not counted and not in_budget:
+                rates.breaker.release(permit)
         if in_budget:
-            rates.breaker.success()
+            rates.breaker.success(permit)
             self.fallback = None
         self._granted(int(raw[0]), want, int(raw[1]), batch)
 
