@@ -45,8 +45,10 @@ lint: $(VENV)/.stamp
 typecheck: $(VENV)/.stamp
 	$(PY) -m mypy
 
+# The JSON Schemas, and the docs/ pages generated from them and from the metrics registries.
 schema: $(VENV)/.stamp
 	$(PY) -m tenancy schema schema/
+	$(PY) -m devstack docs docs/
 
 # Generated reference pages (config from schema/, metrics from the registries); after `make schema`.
 docs: $(VENV)/.stamp

@@ -63,13 +63,16 @@ def test_openapi_lists_exactly_the_routes_the_router_serves() -> None:
     }
     assert served == documented, (
         f"served, not documented: {sorted(served - documented)}; "
-        f"documented, not served: {sorted(documented - served)}"
+        f"documented, not served: {sorted(documented - served)}: "
+        "describe each route in docs/openapi.yaml and docs/api.md"
     )
 
 
 def test_error_codes_match_the_router_and_errors_md() -> None:
     documented = set(openapi()["components"]["schemas"]["ErrorCode"]["enum"])
-    assert documented == router_codes()
+    assert documented == router_codes(), (
+        "add each new code to ErrorCode in docs/openapi.yaml and to the table in docs/errors.md"
+    )
     table = (DOCS / "errors.md").read_text()
     assert all(f"`{code}`" in table for code in documented)
 
@@ -77,7 +80,7 @@ def test_error_codes_match_the_router_and_errors_md() -> None:
 @pytest.mark.parametrize("name", sorted(PAGES))
 def test_generated_reference_pages_are_current(name: str) -> None:
     committed = (DOCS / name).read_text(encoding="utf-8")
-    assert committed == PAGES[name](), "run `make docs` and commit docs/"
+    assert committed == PAGES[name](), "run `make schema` (or `make docs`) and commit docs/"
 
 
 async def test_live_error_bodies_match_the_documented_schema(
