@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -78,10 +79,12 @@ class RedisServer:
         port: int | None = None,
         binary: Path | None = None,
         timeout: float = _START_TIMEOUT_S,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.host = host
         self.port = port if port is not None else free_port()
         self.binary = binary if binary is not None else find_redis_server()
+        self.extra_args = tuple(extra_args)  # e.g. cluster mode, --replicaof
         self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
         self.log_path = self.dir / "redis.log"
         self.paused = False
@@ -168,6 +171,7 @@ class RedisServer:
             str(self.log_path),
             "--daemonize",
             "no",
+            *self.extra_args,
         ]
         return subprocess.Popen(
             args,

@@ -125,4 +125,4 @@ async def sagemaker_front(fresh_mlservers: MLServerPair) -> AsyncIterator[SageMa
         await front.close()
 
 
-pytest_plugins = ("tests.router_fixtures",)
+pytest_plugins = ("tests.router_fixtures", "tests.scaleout_fixtures")

@@ -12,9 +12,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from devstack.redis_server import RedisServer
@@ -24,32 +22,8 @@ from router.loops import cancel_and_wait
 from router.metrics import RouterMetrics
 from router.redis_conn import close_redis
 from tests.router_fixtures import ConfigDir, RouterFactory, RunningRouter, eventually
-from tests.support.moto_server import MotoServer
 
 WINDOW_S = 5.0
-
-
-@pytest.fixture
-def acme(tmp_path: Path, moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> ConfigDir:
-    """Tenant ``acme`` on a SageMaker endpoint served by moto: the limit is decided before the
-    upstream, and moto answers every admitted request 200 cheaply."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    moto.reset()
-    cfg = ConfigDir(tmp_path / "cfg")
-    cfg.endpoints(
-        {
-            "sm": {
-                "kind": "sagemaker",
-                "endpoint_name": "mme-test",
-                "region": "us-east-1",
-                "endpoint_url": moto.url,
-                "timeout_ms": 20000,
-            }
-        }
-    )
-    return cfg
 
 
 async def offer(take: list[SharedRate], per_replica_rps: float, seconds: float) -> int:
@@ -127,16 +101,16 @@ def rates_of(router: RunningRouter) -> GlobalRates:
 
 
 async def test_three_routers_sharing_one_redis_hold_the_tenants_rate(
-    acme: ConfigDir, start_router: RouterFactory
+    moto_config: ConfigDir, start_router: RouterFactory
 ) -> None:
     rps = 30
-    acme.tenant(
+    moto_config.tenant(
         "acme",
         endpoint="sm",
         model="m.tar.gz",
         limits={"rps": rps, "burst": 3, "timeout_ms": 20000},
     )
-    routers = [await start_router(acme) for _ in range(3)]
+    routers = [await start_router(moto_config) for _ in range(3)]
     await eventually(lambda: _all_see([rates_of(r) for r in routers], 3))
     for router in routers:  # each opens its SageMaker client (slow once) before the window
         assert (await router.invoke("acme"))[0] == 200
@@ -147,16 +121,16 @@ async def test_three_routers_sharing_one_redis_hold_the_tenants_rate(
 
 
 async def test_with_redis_down_each_router_admits_its_share(
-    own_redis: RedisServer, acme: ConfigDir, start_router: RouterFactory
+    own_redis: RedisServer, moto_config: ConfigDir, start_router: RouterFactory
 ) -> None:
     rps = 40
-    acme.tenant(
+    moto_config.tenant(
         "acme",
         endpoint="sm",
         model="m.tar.gz",
         limits={"rps": rps, "burst": 4, "timeout_ms": 20000},
     )
-    first, second = [await start_router(acme, redis_url=own_redis.url) for _ in range(2)]
+    first, second = [await start_router(moto_config, redis_url=own_redis.url) for _ in range(2)]
     await eventually(lambda: _all_see([rates_of(first), rates_of(second)], 2))
     assert (await first.invoke("acme"))[0] == 200
     own_redis.kill()
