@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from bench import config as cfg
-from bench import pipeline
+from bench import global_limit, pipeline
 from bench.cpu import CpuMeter, CpuUsage
 from bench.load import LoadResult, LoadSpec, UnitMode
 from bench.procs import Processes, Server, handle_stop_signals
@@ -374,6 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = pipeline.measure(iterations=2_000 if args.quick else 20_000)
     print(steps.markdown())
     (args.results / "pipeline.md").write_text(steps.markdown())
+    # The global rate limit's admission cost and Redis round trips a request (issue 13).
+    if redis_ver is not None:
+        limit = global_limit.measure(
+            args.redis_url,
+            requests=16_000 if args.quick else 64_000,
+            repeats=1 if args.quick else 5,
+        )
+        print(limit.markdown())
+        (args.results / "global_limit.md").write_text(limit.markdown())
     return 0
 
 
