@@ -11,6 +11,7 @@ from aiohttp import web
 
 from router.app import create_app
 from router.logs import setup_logging
+from router.serving import run
 from router.settings import parse_settings
 from tenancy.store import ConfigError
 
@@ -27,7 +28,7 @@ async def _freeze_gc(app: web.Application) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
-    setup_logging(os.environ.get("WARMROUTE_LOG_LEVEL", "INFO"))
+    setup_logging(os.environ.get("WARMROUTE_LOG_LEVEL", "INFO"), access_log=settings.access_log)
     try:
         app = create_app(settings)
     except ConfigError as exc:
@@ -36,15 +37,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {issue}", file=sys.stderr)
         return 2
     app.on_startup.append(_freeze_gc)
-    loop = uvloop.new_event_loop()
-    web.run_app(
+    # Our own run loop (not web.run_app): it uses the JSON-error runner and logs its start as a
+    # JSON line instead of printing aiohttp's banner.
+    run(
         app,
-        host=settings.host,
-        port=settings.port,
+        settings.host,
+        settings.port,
         shutdown_timeout=settings.shutdown_timeout_s,
-        access_log=None,
-        loop=loop,
-        print=lambda *a: print(*a, file=sys.stderr),
+        loop=uvloop.new_event_loop(),
     )
     return 0
 

@@ -41,6 +41,7 @@ from router.routing import (
     compile_table,
 )
 from router.service import InvocationService
+from router.serving import HTTP_LIMITS
 from router.settings import Settings
 from router.traffic import TrafficCounter
 from router.warm_map import WarmMap
@@ -144,7 +145,7 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, *, metrics: RouterMetrics | None = None) -> web.Application:
     """Build the router. Loads the config strictly: an invalid directory raises ConfigError."""
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware], handler_args=HTTP_LIMITS)
     app[SETTINGS] = settings
     app[METRICS] = metrics or RouterMetrics()
     store = ConfigStore(settings.config_dir)

@@ -38,8 +38,16 @@ class NotFound(RouterError):
     status, code = 404, "not_found"
 
 
+class RequestTimeout(RouterError):
+    status, code = 408, "request_timeout"
+
+
 class PayloadTooLarge(RouterError):
     status, code = 413, "payload_too_large"
+
+
+class HeadersTooLarge(RouterError):
+    status, code = 431, "headers_too_large"
 
 
 class RateLimited(RouterError):
@@ -48,6 +56,12 @@ class RateLimited(RouterError):
 
 class UpstreamError(RouterError):
     status, code = 502, "upstream_error"
+
+
+class CallerGone(RouterError):
+    """The caller closed the connection: nobody reads the answer; counted as 499, not an error."""
+
+    status, code = 499, "client_closed_request"
 
 
 class NotReady(RouterError):

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import os
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from router.caller_headers import new_request_id, request_id_of
 from router.errors import RouterError
+
+__all__ = ["error_middleware", "error_response", "from_router_error", "new_request_id"]
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 
 
-_ID_PREFIX = os.urandom(6).hex()  # per process: ids stay unique across replicas
-_ID_COUNTER = itertools.count()
-
-
-def new_request_id() -> str:
-    """A random per-process prefix and a counter: unique, and no system call per request."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+def _error_body(code: str, message: str, request_id: str) -> bytes:
+    error = {"error": {"code": code, "message": message, "request_id": request_id}}
+    try:
+        return orjson.dumps(error)
+    except TypeError:  # a lone surrogate (an invalid byte in a header or path) in the message
+        safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        return orjson.dumps({"error": {**error["error"], "message": safe}})
 
 
 def error_response(
@@ -41,8 +42,7 @@ def error_response(
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if extra:
         headers.update(extra)
-    body = orjson.dumps({"error": {"code": code, "message": message, "request_id": request_id}})
-    return web.Response(status=status, body=body, headers=headers)
+    return web.Response(status=status, body=_error_body(code, message, request_id), headers=headers)
 
 
 def from_router_error(exc: RouterError, request_id: str) -> web.Response:
@@ -60,14 +60,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except RouterError as exc:
-        return from_router_error(exc, request.headers.get("X-Request-Id") or new_request_id())
+        return from_router_error(exc, request_id_of(request.headers))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        request_id = request_id_of(request.headers)
         code = _HTTP_CODES.get(exc.status, "invalid_request" if exc.status < 500 else "internal")
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = ", ".join(sorted(exc.allowed_methods))
+            return error_response(
+                405,
+                code,
+                f"{request.method} is not allowed here; use {allowed}",
+                request_id,
+                extra={"Allow": allowed},
+            )
         return error_response(exc.status, code, exc.reason, request_id)
     except Exception:  # the one place a broad catch belongs: never a traceback to the caller
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
-        log.exception("unhandled error request_id=%s path=%s", request_id, request.path)
+        request_id = request_id_of(request.headers)
+        log.exception("unhandled error request_id=%s path=%r", request_id, request.path)
         return error_response(500, "internal_error", "internal error; see logs", request_id)

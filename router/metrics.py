@@ -51,6 +51,13 @@ class RouterMetrics:
             ["endpoint", "model"],
             registry=r,
         )
+        self.upstream_retries = Counter(
+            "router_upstream_retries",
+            "Requests sent again to another instance after the connection failed before any "
+            "answer, by cause (refused, reset, disconnected)",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.config_generation = Gauge(
             "router_config_generation", "Generation of the serving config snapshot", registry=r
         )

@@ -24,6 +24,7 @@ from router.metrics import RouterMetrics
 from router.processing.flow import RouteProcessing, compile_processing
 from router.processing.runtime import ProcessingRuntime
 from router.traffic import TrafficCounter
+from router.upstream_log import FailureLog
 from router.warm_map import WarmMap
 from tenancy.models import Endpoint, SageMakerEndpoint, Tenant, V2Endpoint
 from tenancy.snapshot import Snapshot
@@ -70,6 +71,8 @@ class BackendFactory:
         self.traffic = traffic
         self._built: dict[str, tuple[Endpoint, Backend]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # One rate-limited failure log for every endpoint: its limit is per instance and kind.
+        self.failure_log = FailureLog()
         # Shadow copies are background calls to these backends: stopped before the backends close.
         self.processing = ProcessingRuntime(metrics)
 
@@ -100,6 +103,7 @@ class BackendFactory:
                 (lambda model: warm_map.instances_for(name, model)) if warm_map else None
             )
             loads = self.metrics.model_loads
+            retries = self.metrics.upstream_retries
             return V2Backend(
                 name,
                 [make(url) for url in endpoint.instances],
@@ -108,6 +112,8 @@ class BackendFactory:
                 on_load=lambda _instance, model: loads.labels(name, model).inc(),
                 discovery=endpoint.discovery,
                 make_instance=make,
+                failure_log=self.failure_log,
+                on_retry=lambda reason: retries.labels(name, reason).inc(),
             )
         assert isinstance(endpoint, SageMakerEndpoint)
         return SageMakerBackend(

@@ -70,6 +70,7 @@ class InvocationService:
             custom_attributes=call.custom_attributes,
             # The backend cuts each attempt to what is left: one timer per attempt, not two.
             deadline=time.monotonic() + remaining,
+            tenant=route.tenant_id,
         )
         backend = route.backend
         timer = self._upstream.get(backend.name)

@@ -28,6 +28,7 @@ class Settings:
     reload_interval_s: float = 0.5
     wait_for_warm: bool = False
     instance_id: str = ""
+    access_log: bool = False
 
     @property
     def redis_target(self) -> RedisTarget:
@@ -80,6 +81,12 @@ def parse_settings(
         default=_env_bool(env.get("WARMROUTE_WAIT_FOR_WARM")),
         help="/readyz stays 503 until the preloader reports every endpoint warm",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        default=_env_bool(env.get("WARMROUTE_ACCESS_LOG")),
+        help="log one JSON line per request (logger warmroute.access; off by default)",
+    )
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("--config DIR (or WARMROUTE_CONFIG) is required")
@@ -95,4 +102,5 @@ def parse_settings(
         redis_budget_ms=args.redis_budget_ms,
         shutdown_timeout_s=args.shutdown_timeout,
         wait_for_warm=args.wait_for_warm,
+        access_log=args.access_log,
     )

@@ -1,7 +1,8 @@
 """The data-plane view: thin transport over InvocationService.
 
 Order matters and is cheap-first: tenant, key, admission, then the body (413 decided from
-Content-Length, or while streaming, before the body is read whole), then the upstream call.
+Content-Length, or while streaming, before the body is read whole; 408 when it trickles past the
+tenant's timeout), then the upstream call.
 """
 
 from __future__ import annotations
@@ -10,29 +11,39 @@ import asyncio
 import logging
 import time
 
+import orjson
 from aiohttp import web
 
 from router.assignment import Assignment
 from router.auth import check_key
-from router.errors import InvalidRequest, PayloadTooLarge, RouterError, TenantNotFound
-from router.http_errors import error_response, from_router_error, new_request_id
-from router.keys import METRICS, SERVICE, STATE
+from router.backends.base import Backend
+from router.caller_headers import request_id_of, unit_id_of
+from router.errors import (
+    CallerGone,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    RouterError,
+    TenantNotFound,
+)
+from router.http_errors import error_response, from_router_error
+from router.keys import METRICS, SERVICE, SETTINGS, STATE
+from router.logs import ACCESS_LOGGER
 from router.processing.shadow import ShadowJob
 from router.service import Call
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 UNKNOWN_TENANT = "_unknown"
 NO_VARIANT = "none"
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def _read(request: web.Request, limit: int) -> bytes:
     length = request.content_length
     if length is not None:
-        if length > limit:
-            raise PayloadTooLarge(
-                f"body of {length} bytes is over this tenant's {limit}-byte limit"
-            )
         try:
             return await request.content.readexactly(length) if length else b""
         except asyncio.IncompleteReadError as exc:
@@ -48,6 +59,43 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body is over this tenant's {limit}-byte limit")
 
 
+async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused early when too large, and within ``timeout_s`` (slowloris)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"body of {length} bytes is over this tenant's {limit}-byte limit")
+    try:
+        if request.content.is_eof():  # all of it arrived with the headers: no timer needed
+            return await _read(request, limit)
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, limit)
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the body did not arrive within the tenant's {timeout_s * 1000:.0f} ms timeout"
+        ) from exc
+    except (ConnectionError, web.HTTPException, InvalidRequest) as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise CallerGone("the caller closed the connection while sending the body") from exc
+        if isinstance(exc, InvalidRequest):
+            raise
+        raise InvalidRequest(f"the body could not be read: {exc}") from exc
+
+
+def content_type_for(backend: Backend, given: str | None, body: bytes) -> str:
+    """The type sent upstream. A v2 endpoint speaks JSON: ``curl -d`` (form type) or no type at all
+    is taken as JSON when the body is JSON, and answered with a hint when it is not."""
+    if backend.kind != "v2" or (given is not None and not given.startswith(FORM)):
+        return given or JSON
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        sent = f"Content-Type: {given}" if given else "no Content-Type"
+        raise InvalidRequest(
+            f"the body is not JSON ({sent}); did you mean Content-Type: application/json?"
+        ) from exc
+    return JSON
+
+
 async def invoke(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
@@ -55,12 +103,13 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     table = app[STATE].table  # read once: this request finishes on this snapshot
     tenant_id = request.match_info["tenant"]
     headers = request.headers
-    request_id = headers.get("X-Request-Id") or new_request_id()
+    request_id = request_id_of(headers)
     route = table.routes.get(tenant_id)
     tenant_label = tenant_id if route is not None else UNKNOWN_TENANT
     assignment: Assignment | None = None
     shadow: ShadowJob | None = None
     response: web.Response
+    instance = ""
     try:
         if route is None:
             raise TenantNotFound(f"no tenant {tenant_id!r}")
@@ -68,24 +117,29 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             check_key(
                 tenant_id, route.api_keys, headers.get("Authorization"), table.snapshot.key_owners
             )
+        unit = unit_id_of(headers)
         limiter = route.limiter
         limiter.acquire()
         try:
             service = app[SERVICE]
             deadline = service.deadline(route)
-            body = await read_body(request, route.max_body_bytes)
-            assignment = await service.assign(route, headers.get("X-Unit-Id"))
+            body = await read_body(request, route.max_body_bytes, deadline - service.loop_time())
             call = Call(
                 body=body,
-                content_type=headers.get("Content-Type", "application/json"),
+                content_type=content_type_for(route.backend, headers.get("Content-Type"), body),
                 request_id=request_id,
                 accept=headers.get("Accept"),
                 custom_attributes=headers.get("X-Amzn-SageMaker-Custom-Attributes"),
             )
+            assignment = await service.assign(route, unit)
             processing = route.processing
             if processing is None:  # the fast path: bytes in, bytes out
                 upstream = await service.invoke(route, assignment, call, deadline=deadline)
-                body, content_type = upstream.body, upstream.content_type
+                body, content_type, instance = (
+                    upstream.body,
+                    upstream.content_type,
+                    upstream.instance,
+                )
             else:
                 answer = await processing.handle(
                     service, route, assignment, call, deadline=deadline
@@ -109,11 +163,33 @@ async def invoke(request: web.Request) -> web.StreamResponse:
             response.headers["X-Model-Id"] = assignment.model
             response.headers["X-Variant"] = assignment.variant
     except Exception:  # never a traceback to the caller
-        log.exception("unhandled error tenant=%s request_id=%s", tenant_id, request_id)
+        log.exception("unhandled error tenant=%r request_id=%s", tenant_id, request_id)
         response = error_response(500, "internal_error", "internal error; see logs", request_id)
+    status = response.status
+    transport = request.transport
+    if status != CallerGone.status and (transport is None or transport.is_closing()):
+        status = CallerGone.status  # it left while we waited upstream: nobody reads this answer
+    if status == CallerGone.status:
+        log.info("caller went away tenant=%r request_id=%s", tenant_id, request_id)
     variant = assignment.variant if assignment is not None else NO_VARIANT
-    app[SERVICE].count_request(tenant_label, variant, response.status)
-    metrics.request_duration.observe(time.perf_counter() - started)
+    app[SERVICE].count_request(tenant_label, variant, status)
+    elapsed = time.perf_counter() - started
+    metrics.request_duration.observe(elapsed)
+    if app[SETTINGS].access_log:
+        access_log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": request_id,
+                    "tenant": tenant_label,
+                    "variant": variant,
+                    "model": assignment.model if assignment is not None else None,
+                    "instance": instance or None,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                }
+            },
+        )
     if shadow is not None and route is not None and route.processing is not None:
         # Answer the caller first; only then may the shadow copy start.
         try:

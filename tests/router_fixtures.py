@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from router.app import create_app
 from router.metrics import RouterMetrics
+from router.serving import RouterRunner
 from router.settings import Settings
 
 Headers = CIMultiDict[str]
@@ -160,7 +161,7 @@ async def start_router(redis_url: str) -> AsyncIterator[RouterFactory]:
         )
         metrics = RouterMetrics()
         app = create_app(settings, metrics=metrics)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = RouterRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

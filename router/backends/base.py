@@ -20,6 +20,7 @@ class UpstreamRequest:
     # time.monotonic() by which the whole request must be answered (the tenant's timeout); each
     # attempt gets min(the endpoint's attempt timeout, what is left). One timer per attempt.
     deadline: float | None = None
+    tenant: str = ""  # for the upstream failure log
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import aiohttp
@@ -22,6 +22,8 @@ from yarl import URL
 
 from router.backends.base import Backend, UpstreamRequest, UpstreamResponse, attempt_budget
 from router.backends.discovery import resolve_instances
+from router.backends.ejection import Ejector
+from router.backends.retry_budget import RetryBudget
 from router.errors import (
     InvalidRequest,
     Overloaded,
@@ -30,13 +32,15 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.loops import cancel_and_wait
+from router.upstream_log import Failure, FailureLog
 from tenancy.models import Discovery
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 500
 LARGE_BODY = 1 << 20
-DOWN_FOR_S = 1.0  # how long an instance that refused a connection is skipped
+# Upstream 4xx answers about the router's own request, not the caller's input.
+_NOT_THE_CALLERS_FAULT = frozenset({401, 403, 404, 405, 407})
 
 
 def upstream_message(body: bytes) -> str:
@@ -57,17 +61,20 @@ def upstream_message(body: bytes) -> str:
     return text[:MAX_MESSAGE] or "no message"
 
 
-def is_model_missing(status: int, body: bytes) -> bool:
-    """True when the server says it does not have the model loaded (so loading it may help)."""
-    if status == 404:
-        return True
-    if status in (400, 503):
-        # Triton: "Request for unknown model: 'x' is not found" / "... is not ready" / "unavailable".
-        lowered = body[:1024].lower()
-        return b"unknown model" in lowered or (
-            b"model" in lowered and (b"not found" in lowered or b"not ready" in lowered)
-        )
-    return False
+_MISSING_PHRASES = (b"not found", b"unknown model", b"does not exist", b"not ready", b"unavailable")
+
+
+def is_model_missing(status: int, body: bytes, model: str) -> bool:
+    """True only when the server says, naming ``model``, that it does not have it loaded.
+
+    MLServer and KServe answer 404 ``Model X not found``; Triton 400/503 ``Request for unknown model:
+    'X' is not found`` / ``... is not ready``. Any other 404 (a wrong path, a proxy's page) must not
+    trigger a load: it would only hide a misconfiguration behind a second failure.
+    """
+    if status not in (404, 400, 503):
+        return False
+    text = body[:1024].lower()
+    return model.lower().encode() in text and any(p in text for p in _MISSING_PHRASES)
 
 
 class V2Instance:
@@ -80,7 +87,9 @@ class V2Instance:
         self._session = session
         self._timeout = timeout
         self._infer_urls: dict[str, URL] = {}
-        self.down_until = 0.0
+        # Passive health (router/backends/ejection.py): consecutive failures, ejected until when.
+        self.failures = 0
+        self.ejected_until = 0.0
 
     def __repr__(self) -> str:
         return f"V2Instance({self.url})"
@@ -150,32 +159,63 @@ class V2Instance:
 
 
 class InstancePicker:
-    """Which instance serves a model: round robin, warm instances first when a warm map is known.
+    """Which instance serves a model: the one seam instance selection goes through.
 
-    With ``warm`` (the preloader's published state), a model's traffic goes only to instances where
-    it is warm; the others are tried only when no warm instance can be reached.
+    Round robin, preferring (1) instances not ejected, then (2) instances where the model is warm
+    when a warm map (the preloader's published state) is known. ``avoid`` is the instance a retry
+    must not go back to.
     """
 
     def __init__(self, warm: Callable[[str], frozenset[str]] | None = None) -> None:
         self._counter = itertools.count()
         self._warm = warm
 
-    def order(self, model: str, instances: Sequence[V2Instance]) -> list[V2Instance]:
-        """Instances to try, best first."""
+    def choose(
+        self,
+        model: str,
+        instances: Sequence[V2Instance],
+        *,
+        now: float,
+        avoid: V2Instance | None = None,
+    ) -> V2Instance | None:
+        """The instance to try next, or None when there is none but ``avoid``."""
         n = len(instances)
-        start = next(self._counter) % n
-        ordered = [*instances[start:], *instances[:start]]
-        now = time.monotonic()
-        # Skip instances that just refused connections, unless every one did.
-        up = [i for i in ordered if i.down_until <= now]
-        ordered = up or ordered
-        if self._warm is not None:
-            warm = self._warm(model)
-            if warm:
-                ordered = [i for i in ordered if i.url in warm] + [
-                    i for i in ordered if i.url not in warm
-                ]
-        return ordered
+        warm = (self._warm(model) or None) if self._warm is not None else None
+        start = next(self._counter)
+        best: V2Instance | None = None
+        best_rank = 4
+        for k in range(n):
+            instance = instances[(start + k) % n]
+            if instance is avoid:
+                continue
+            rank = (instance.ejected_until > now) * 2 + (
+                warm is not None and instance.url not in warm
+            )
+            if rank == 0:
+                return instance
+            if rank < best_rank:
+                best, best_rank = instance, rank
+        return best
+
+
+class _ConnectionFailed(Exception):
+    """The attempt failed before any response byte: safe to send again elsewhere."""
+
+    def __init__(self, reason: str, error: RouterError) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error = error
+
+
+def _connection_reason(exc: aiohttp.ClientError) -> str | None:
+    """``refused``/``disconnected``/``reset`` when nothing was answered yet, else None."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "refused"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "disconnected"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return "reset"
+    return None
 
 
 class V2Backend(Backend):
@@ -191,6 +231,10 @@ class V2Backend(Backend):
         on_load: Callable[[str, str], None] | None = None,
         discovery: Discovery | None = None,
         make_instance: Callable[[str], V2Instance] | None = None,
+        retry_budget: RetryBudget | None = None,
+        ejector: Ejector | None = None,
+        failure_log: FailureLog | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.instances: list[V2Instance] = list(instances)
@@ -201,6 +245,10 @@ class V2Backend(Backend):
         self.discovery = discovery
         self._make_instance = make_instance
         self._discovery_task: asyncio.Task[None] | None = None
+        self.retry_budget = retry_budget or RetryBudget()
+        self.ejector = ejector or Ejector()
+        self.failure_log = failure_log or FailureLog()
+        self._on_retry = on_retry
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {
@@ -258,7 +306,7 @@ class V2Backend(Backend):
         if task is None:
             task = asyncio.create_task(instance.load(model), name=f"load {model} on {instance.url}")
             self._loads[key] = task
-            task.add_done_callback(lambda t: self._loads.pop(key, None))
+            task.add_done_callback(lambda t: self._load_done(key, t))
             if self._on_load is not None:
                 self._on_load(instance.url, model)
         if deadline is None:
@@ -267,28 +315,87 @@ class V2Backend(Backend):
         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
             await asyncio.shield(task)
 
+    def _load_done(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        self._loads.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have left (deadline) before it ended
+
     async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
         if self.on_request is not None:
             self.on_request(request.model)
         instances = self.instances
         if not instances:
             raise UpstreamError(f"endpoint {self.name!r} has no instances")
+        self.retry_budget.record_request()
         headers = {"Content-Type": request.content_type, "X-Request-Id": request.request_id}
         if request.accept:
             headers["Accept"] = request.accept
-        last_error: RouterError | None = None
-        for instance in self.picker.order(request.model, instances):
-            try:
-                return await self._invoke_on(instance, request, headers)
-            except aiohttp.ClientConnectorError as exc:
-                # Nothing was sent: safe to try the next instance.
-                instance.down_until = time.monotonic() + DOWN_FOR_S
-                last_error = UpstreamError(f"instance {instance.url} refused the connection")
-                log.warning(
-                    "instance unreachable endpoint=%s url=%s: %s", self.name, instance.url, exc
-                )
-        assert last_error is not None
-        raise last_error
+        instance = self.picker.choose(request.model, instances, now=time.monotonic())
+        assert instance is not None
+        try:
+            return await self._attempt(instance, request, headers)
+        except _ConnectionFailed as failed:
+            # Nothing was answered: once, on another instance, within the deadline and budget.
+            retry = self.picker.choose(
+                request.model, instances, now=time.monotonic(), avoid=instance
+            )
+            if retry is None or not self.retry_budget.try_spend():
+                raise failed.error from None
+            if self._on_retry is not None:
+                self._on_retry(failed.reason)
+        try:
+            return await self._attempt(retry, request, headers)
+        except _ConnectionFailed as failed_again:
+            raise failed_again.error from None
+
+    async def _attempt(
+        self, instance: V2Instance, request: UpstreamRequest, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        """One attempt on ``instance``, its outcome recorded in the instance's health."""
+        try:
+            response = await self._invoke_on(instance, request, headers)
+        except _ConnectionFailed as failed:
+            self._failed(instance, request, "unreachable", failed.reason, str(failed.error))
+            raise
+        except UpstreamTimeout as exc:
+            self._failed(instance, request, "timeout", "timeout", exc.message)
+            raise
+        self.ejector.succeeded(instance)
+        return response
+
+    def _failed(
+        self, instance: V2Instance, request: UpstreamRequest, kind: str, status: str, detail: str
+    ) -> None:
+        if self.ejector.failed(instance, self.instances, time.monotonic()):
+            log.warning(
+                "instance ejected endpoint=%s instance=%s failures=%d for_s=%g",
+                self.name,
+                instance.url,
+                instance.failures,
+                self.ejector.eject_for_s,
+            )
+        self._log_failure(instance, request, kind, status, detail)
+
+    def _log_failure(
+        self,
+        instance: V2Instance,
+        request: UpstreamRequest,
+        kind: str,
+        status: int | str,
+        body: bytes | str,
+    ) -> None:
+        self.failure_log.warn(
+            Failure(
+                kind=kind,
+                endpoint=self.name,
+                instance=instance.url,
+                request_id=request.request_id,
+                tenant=request.tenant,
+                model=request.model,
+                status=status,
+                body=body,
+            )
+        )
 
     def _timeout(self, deadline: float | None) -> aiohttp.ClientTimeout | None:
         """None (the instance's preset timeout) unless the request's deadline is tighter."""
@@ -310,28 +417,48 @@ class V2Backend(Backend):
             status, answer, content_type = await instance.infer(
                 model, body, headers, self._timeout(deadline)
             )
-            if status != 200 and is_model_missing(status, answer):
+            if status != 200 and is_model_missing(status, answer, model):
                 cold = True
                 await self.ensure_loaded(instance, model, deadline)
                 status, answer, content_type = await instance.infer(
                     model, body, headers, self._timeout(deadline)
                 )
-        except aiohttp.ClientConnectorError:
-            raise
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"endpoint {self.name!r} did not answer in time (attempt timeout "
                 f"{self.attempt_timeout_s:g}s, or the tenant's timeout)"
             ) from exc
         except aiohttp.ClientError as exc:
+            reason = _connection_reason(exc)
+            if reason is not None:
+                raise _ConnectionFailed(
+                    reason, UpstreamError(f"instance {instance.url} unreachable ({reason}): {exc}")
+                ) from exc
+            self._log_failure(instance, request, "broken_answer", "-", str(exc))
             raise UpstreamError(f"endpoint {self.name!r} failed: {exc}") from exc
         if status == 200:
             return UpstreamResponse(answer, content_type, cold_start=cold, instance=instance.url)
+        self._refuse(instance, request, status, answer)
+
+    def _refuse(
+        self, instance: V2Instance, request: UpstreamRequest, status: int, answer: bytes
+    ) -> NoReturn:
+        """Raise the SPEC's error for a non-200 answer."""
+        model = request.model
         message = upstream_message(answer)
-        if is_model_missing(status, answer):
+        if is_model_missing(status, answer, model):
+            self._log_failure(instance, request, "model_missing", status, answer)
             raise UpstreamError(f"model {model!r} is not available: {message}")
         if status == 429:
             raise Overloaded(f"endpoint {self.name!r} is shedding load: {message}", retry_after=1)
+        if status in _NOT_THE_CALLERS_FAULT:
+            # The router built this request (credentials, path): the caller cannot fix it.
+            self._log_failure(instance, request, "refused", status, answer)
+            raise UpstreamError(
+                f"endpoint {self.name!r} refused the router's request (HTTP {status}; check the "
+                f"endpoint's credentials and URL): {message}"
+            )
         if 400 <= status < 500:
             raise InvalidRequest(f"the model rejected the input: {message}")
+        self._log_failure(instance, request, "http_5xx", status, answer)
         raise UpstreamError(f"endpoint {self.name!r} answered HTTP {status}: {message}")

@@ -148,6 +148,7 @@ class RouteProcessing:
                 request_id=f"{call.request_id}-shadow",
                 accept=call.accept,
                 custom_attributes=call.custom_attributes,
+                tenant=route.tenant_id,
             )
             shadow = ShadowJob(self.shadow, route.backend, copy, response.body)
         return Answer(out.body, out.content_type, answered, shadow)
