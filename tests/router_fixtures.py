@@ -138,6 +138,17 @@ def mme_config(tmp_path: Path, fresh_mlservers: Any) -> ConfigDir:
     return cfg
 
 
+def load_patiently(instance: Any, model: str, attempts: int = 3) -> None:
+    """Load ``model`` on an MLServer; a first sklearn load on a busy machine can outlast one call."""
+    for attempt in range(attempts):
+        try:
+            instance.load(model)
+            return
+        except TimeoutError:
+            if attempt == attempts - 1:
+                raise
+
+
 def error_parts(answer: tuple[int, Any, bytes]) -> tuple[int, str, str]:
     """(status, error code, message) of an error answer."""
     status, _, body = answer

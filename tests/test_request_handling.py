@@ -22,21 +22,11 @@ from tests.router_fixtures import (
     RunningRouter,
     error_parts,
     eventually,
+    load_patiently,
     v2_body,
 )
 
 INVOKE = "/v1/tenants/globex/invocations"
-
-
-def load_patiently(instance: Any, model: str) -> None:
-    """Load ``model``; the first sklearn load on a busy machine can outlast one HTTP timeout."""
-    for attempt in range(3):
-        try:
-            instance.load(model)
-            return
-        except TimeoutError:
-            if attempt == 2:
-                raise
 
 
 @pytest.fixture

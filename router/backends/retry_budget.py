@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 RATIO = 0.2
 WINDOW_S = 10
-MIN_RETRIES = 3  # per window: the first request after a quiet spell may still be rescued
+# Per window: at low traffic an instance that just died must still be retried around until the
+# ejection (5 failures) takes it out, and the first request after a quiet spell is rescued too.
+MIN_RETRIES = 10
 
 
 class RetryBudget:

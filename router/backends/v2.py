@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -167,7 +166,7 @@ class InstancePicker:
     """
 
     def __init__(self, warm: Callable[[str], frozenset[str]] | None = None) -> None:
-        self._counter = itertools.count()
+        self._turn = 0
         self._warm = warm
 
     def choose(
@@ -181,7 +180,9 @@ class InstancePicker:
         """The instance to try next, or None when there is none but ``avoid``."""
         n = len(instances)
         warm = (self._warm(model) or None) if self._warm is not None else None
-        start = next(self._counter)
+        start = self._turn
+        if avoid is None:  # a retry does not move the rotation on
+            self._turn = (start + 1) % n
         best: V2Instance | None = None
         best_rank = 4
         for k in range(n):
@@ -336,10 +337,9 @@ class V2Backend(Backend):
             return await self._attempt(instance, request, headers)
         except _ConnectionFailed as failed:
             # Nothing was answered: once, on another instance, within the deadline and budget.
-            retry = self.picker.choose(
-                request.model, instances, now=time.monotonic(), avoid=instance
-            )
-            if retry is None or not self.retry_budget.try_spend():
+            now = time.monotonic()
+            retry = self.picker.choose(request.model, instances, now=now, avoid=instance)
+            if retry is None or retry.ejected_until > now or not self.retry_budget.try_spend():
                 raise failed.error from None
             if self._on_retry is not None:
                 self._on_retry(failed.reason)
