@@ -38,15 +38,18 @@ import pytest
 import yaml
 
 from devstack.ports import free_port, urlopen_direct, wait_http
+from preloader.settings import parse_settings as preloader_settings
+from router.redis_conn import parse_sentinel_url
 from router.settings import Settings
+from router.settings import parse_settings as router_settings
 from tenancy.loader import load_directory
 from tenancy.models import V2Endpoint
 
 REPO = Path(__file__).resolve().parent.parent
 K8S = REPO / "k8s"
-OVERLAYS = ["cluster", "sidecar", "mme-sidecar", "dev"]
+OVERLAYS = ["cluster", "sidecar", "mme-sidecar", "dev", "redis-sentinel"]
 # Overlays that run the router as a shared cluster Service: API keys and the admin token required.
-SHARED = ["cluster", "mme-sidecar", "dev"]
+SHARED = ["cluster", "mme-sidecar", "dev", "redis-sentinel"]
 MME_OVERLAYS = ["mme-sidecar", "dev"]
 # The oldest Kubernetes the manifests promise (native sidecar containers need 1.29).
 KUBERNETES_VERSION = "1.31"
@@ -640,6 +643,17 @@ EXPECTED: dict[str, tuple[set[tuple[str, str]], set[tuple[str, str]]]] = {
         {("Deployment", "mme"), ("Deployment", "redis"), ("Service", "redis")},
         set(),
     ),
+    "redis-sentinel": (
+        {
+            ("Deployment", "warmroute-router"),
+            ("Deployment", "warmroute-preloader"),
+            ("StatefulSet", "redis"),
+            ("Service", "redis-headless"),
+            ("PodDisruptionBudget", "redis"),
+            ("NetworkPolicy", "redis"),
+        },
+        {("Deployment", "redis"), ("Service", "redis")},
+    ),
 }
 
 
@@ -908,6 +922,49 @@ def test_secrets_only_come_from_secrets(rendered: dict[str, list[Obj]], overlay:
             assert reference.get("optional") is False, "the admin token Secret must be required"
             if overlay == "dev":
                 assert reference["name"] in names(objs, "Secret")
+
+
+# --- Redis topologies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_router_and_preloader_open_the_overlays_redis(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """Both processes accept the rendered Redis settings; the Sentinel overlay points them at every
+    sentinel of its own StatefulSet, watching the master its sentinel.conf monitors, and the other
+    overlays keep one Redis URL."""
+    objs = rendered[overlay]
+    urls = set()
+    for _, container in all_containers(objs):
+        if process(container) not in {"router", "preloader"}:
+            continue
+        environment = {"WARMROUTE_CONFIG": CONFIG_DIR, **env(container, objs)}
+        parse = router_settings if process(container) == "router" else preloader_settings
+        urls.add(parse([], environment).redis_target.url)
+    (url,) = urls
+    if overlay != "redis-sentinel":
+        assert url.startswith("redis://"), url
+        return
+    sentinel_url = parse_sentinel_url(url)
+    redis = find(objs, "StatefulSet", "redis")
+    service = redis["spec"]["serviceName"]
+    assert find(objs, "Service", service)["spec"]["clusterIP"] == "None"
+    sentinel_port = container_port(
+        next(c for c in pod_spec(redis)["containers"] if c["name"] == "sentinel"), "sentinel"
+    )
+    expected = {(f"redis-{i}.{service}", sentinel_port) for i in range(redis["spec"]["replicas"])}
+    assert set(sentinel_url.sentinels) == expected
+    conf = next(
+        o["data"]["sentinel.conf"]
+        for o in objs
+        if o["kind"] == "ConfigMap" and "sentinel.conf" in o.get("data", {})
+    )
+    monitor = re.search(r"^sentinel monitor (\S+) (\S+) (\d+) (\d+)$", conf, re.M)
+    assert monitor is not None, conf
+    assert monitor[1] == sentinel_url.service
+    assert monitor[2] == f"redis-0.{service}"
+    assert int(monitor[4]) == redis["spec"]["replicas"] // 2 + 1  # a majority of the sentinels
 
 
 # --- Service wiring -----------------------------------------------------------------------------
