@@ -4,15 +4,19 @@ SIGINT even when started as a shell's background job (SIGINT ignored on entry)."
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import redis
@@ -39,6 +43,61 @@ def _read_until(stream: IO[str], marker: str, process: subprocess.Popen[str]) ->
     raise AssertionError(f"exited with {process.wait()} before {marker!r}:\n" + "\n".join(lines))
 
 
+def _call(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    """(status, JSON body) of a request to the stack."""
+    request = urllib.request.Request(url, data=body, headers=headers or {})  # noqa: S310  loopback http
+    try:
+        with urlopen_direct(request, 10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def follow_the_readme_walkthrough(state: Path, config: Path) -> None:
+    """README "Your first hour", steps 2 to 5, as a newcomer would run them."""
+    router = f"http://127.0.0.1:{ROUTER_PORT}"
+    three_features = (
+        b'{"inputs":[{"name":"input-0","shape":[1,3],"datatype":"FP64","data":[5.1,3.5,1.4]}]}'
+    )
+    status, body = _call(
+        f"{router}/v1/tenants/globex/invocations",
+        three_features,
+        {"Content-Type": "application/json", "X-Request-Id": "trace-me-1", "X-Unit-Id": "user-42"},
+    )
+    assert (status, body["error"]["code"]) == (502, "upstream_error"), body
+    assert body["error"]["request_id"] == "trace-me-1"
+    # step 3: the router's WARNING names the instance; step 4: that instance's log has the cause
+    deadline = time.monotonic() + 10
+    while not (
+        lines := [x for x in (state / "router.log").read_text().splitlines() if "trace-me-1" in x]
+    ):
+        assert time.monotonic() < deadline, "no router log line for the request id"
+        time.sleep(0.2)
+    instance = re.search(r"instance=http://127\.0\.0\.1:(\d+)", lines[0])
+    assert instance is not None, lines
+    mlserver_log = state / f"mlserver-{instance.group(1)}" / "mlserver.log"
+    assert "X has 3 features" in mlserver_log.read_text(), mlserver_log
+
+    # step 5: find a unit in the canary, roll the canary back, and it is in control
+    def assigned(unit: str) -> dict[str, str]:
+        _, decided = _call(f"{router}/v1/admin/tenants/globex/assignment?unit={unit}")
+        return dict(decided)
+
+    in_canary = [
+        u for u in (f"user-{i}" for i in range(1, 41)) if assigned(u)["variant"] == "canary"
+    ]
+    assert in_canary
+    globex = config / "tenants" / "globex.yaml"
+    text = globex.read_text()
+    assert "model: iris-knn, weight: 20" in text, "the README's sed line must match the example"
+    globex.write_text(text.replace("model: iris-knn, weight: 20", "model: iris-knn, weight: 0"))
+    status, reloaded = _call(f"{router}/v1/admin/reload", b"")
+    assert status == 200, reloaded
+    assert reloaded["ok"], reloaded
+    assert all(assigned(u)["variant"] == "control" for u in in_canary)
+    assert assigned("qa-user-1")["variant"] == "canary"  # overrides keep QA on the canary
+
+
 @pytest.mark.slow
 def test_make_run_stack_prints_what_a_newcomer_needs_and_stops_on_sigint(
     tmp_path: Path, redis_base_url: str
@@ -52,7 +111,10 @@ def test_make_run_stack_prints_what_a_newcomer_needs_and_stops_on_sigint(
     env = {**os.environ, "WARMROUTE_RUN_REDIS_DB": str(TEST_REDIS_DB), "PYTHONUNBUFFERED": "1"}
     # `trap "" INT` then exec: SIGINT ignored on entry, as a shell without job control hands it
     # to `make run &`.
-    command = f'trap "" INT; exec "{sys.executable}" -m devstack run --state "{tmp_path}/state"'
+    config = tmp_path / "config"
+    shutil.copytree(REPO / "examples" / "config", config)
+    state = tmp_path / "state"
+    command = f'trap "" INT; exec "{sys.executable}" -m devstack run --state "{state}" --config "{config}"'
     process = subprocess.Popen(
         ["sh", "-c", command],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -79,6 +141,7 @@ def test_make_run_stack_prints_what_a_newcomer_needs_and_stops_on_sigint(
         with urlopen_direct(request, 10) as resp:
             assert resp.status == 200
         assert client.keys("wr:asg:*"), "the router stores sticky assignments in the stack's db"
+        follow_the_readme_walkthrough(state, config)
 
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=90)
