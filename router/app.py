@@ -62,7 +62,8 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sagemaker(app: web.Application) -> AsyncIterator[None]:
-    clients = SageMakerClients()
+    # InvokeEndpoint shares the router's pooled session (started before this context).
+    clients = SageMakerClients(http=app[HTTP])
     app[SAGEMAKER] = clients
     yield
     await clients.aclose()

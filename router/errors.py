@@ -74,3 +74,25 @@ class Overloaded(RouterError):
 
 class UpstreamTimeout(RouterError, asyncio.TimeoutError):
     status, code = 504, "upstream_timeout"
+
+
+class ModelRejected(InvalidRequest):
+    """The model answered 4xx: the caller's input (SageMaker front: ModelError)."""
+
+    def __init__(self, message: str, *, original_status: int, original_message: str) -> None:
+        super().__init__(message)
+        self.original_status = original_status
+        self.original_message = original_message
+
+
+class ModelFailed(UpstreamError):
+    """The model answered 5xx (SageMaker front: ModelError with the model's status)."""
+
+    def __init__(self, message: str, *, original_status: int, original_message: str) -> None:
+        super().__init__(message)
+        self.original_status = original_status
+        self.original_message = original_message
+
+
+class ModelNotReady(UpstreamTimeout):
+    """The model was still loading at the deadline (SageMaker front: ModelNotReadyException)."""

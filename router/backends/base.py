@@ -29,6 +29,8 @@ class UpstreamResponse:
     content_type: str
     cold_start: bool = False  # this request waited for its model to load
     instance: str = ""  # which instance answered (v2), for logs and tests
+    custom_attributes: str | None = None  # SageMaker: what the model returned in that header
+    variant: str | None = None  # SageMaker: the production variant that answered
 
 
 def attempt_budget(attempt_timeout_s: float, deadline: float | None) -> float:

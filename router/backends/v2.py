@@ -24,7 +24,8 @@ from router.backends.discovery import resolve_instances
 from router.backends.ejection import Ejector
 from router.backends.retry_budget import RetryBudget
 from router.errors import (
-    InvalidRequest,
+    ModelFailed,
+    ModelRejected,
     Overloaded,
     RouterError,
     UpstreamError,
@@ -459,6 +460,14 @@ class V2Backend(Backend):
                 f"endpoint's credentials and URL): {message}"
             )
         if 400 <= status < 500:
-            raise InvalidRequest(f"the model rejected the input: {message}")
+            raise ModelRejected(
+                f"the model rejected the input: {message}",
+                original_status=status,
+                original_message=message,
+            )
         self._log_failure(instance, request, "http_5xx", status, answer)
-        raise UpstreamError(f"endpoint {self.name!r} answered HTTP {status}: {message}")
+        raise ModelFailed(
+            f"endpoint {self.name!r} answered HTTP {status}: {message}",
+            original_status=status,
+            original_message=message,
+        )

@@ -63,6 +63,8 @@ class RecordedRequest:
     headers: CIMultiDictProxy[str]
     body: bytes
     status: int
+    method: str = "POST"
+    path: str = ""  # as sent, percent-encoding included
 
     @property
     def content_type(self) -> str | None:
@@ -165,6 +167,8 @@ class SageMakerFront:
                     headers=CIMultiDictProxy(CIMultiDict(request.headers)),
                     body=body,
                     status=status,
+                    method=request.method,
+                    path=request.raw_path,
                 )
             )
 
