@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from router import ops, views
+from router import ops, sagemaker_front, views
 from router.assignment import Assigner
 from router.backends.sagemaker import SageMakerClients
 from router.backends.v2 import V2Backend
@@ -154,6 +154,8 @@ def create_app(settings: Settings, *, metrics: RouterMetrics | None = None) -> w
     app[CONFIG] = store
     app.cleanup_ctx.extend([_http, _sagemaker, _redis, _routing])
     app.router.add_post("/v1/tenants/{tenant}/invocations", views.invoke)
+    # The SageMaker Runtime InvokeEndpoint wire protocol; EndpointName is the tenant id.
+    app.router.add_post("/endpoints/{tenant}/invocations", sagemaker_front.invoke_endpoint)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)

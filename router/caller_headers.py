@@ -25,9 +25,9 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
-def request_id_of(headers: Mapping[str, str]) -> str:
-    """The caller's X-Request-Id when it is 1-128 printable ASCII characters, else a new one."""
-    given = headers.get("X-Request-Id")
+def request_id_of(headers: Mapping[str, str], header: str = "X-Request-Id") -> str:
+    """The caller's ``header`` when it is 1-128 printable ASCII characters, else a new id."""
+    given = headers.get(header)
     if given and len(given) <= MAX_REQUEST_ID and given.isascii() and given.isprintable():
         return given
     return new_request_id()
@@ -35,15 +35,19 @@ def request_id_of(headers: Mapping[str, str]) -> str:
 
 def unit_id_of(headers: Mapping[str, str]) -> str | None:
     """The sticky key: None when absent or empty; 400 unless at most 256 bytes of UTF-8 text."""
-    unit = headers.get("X-Unit-Id")
+    return checked_unit(headers.get("X-Unit-Id"), "X-Unit-Id")
+
+
+def checked_unit(unit: str | None, source: str) -> str | None:
+    """``unit`` (from ``source``, named in the error) under the rules of X-Unit-Id."""
     if not unit:
         return None
     try:
         size = len(unit.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidRequest("X-Unit-Id must be valid UTF-8 text") from exc
+        raise InvalidRequest(f"{source} must be valid UTF-8 text") from exc
     if size > MAX_UNIT_ID_BYTES or not unit.isprintable():
         raise InvalidRequest(
-            f"X-Unit-Id must be at most {MAX_UNIT_ID_BYTES} bytes of printable UTF-8 text"
+            f"{source} must be at most {MAX_UNIT_ID_BYTES} bytes of printable UTF-8 text"
         )
     return unit

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import aiohttp
@@ -23,6 +23,7 @@ from router.limits import LimitSpec, RateGate, TenantLimiter
 from router.metrics import RouterMetrics
 from router.processing.flow import RouteProcessing, compile_processing
 from router.processing.runtime import ProcessingRuntime
+from router.sigv4_verify import resolve_secrets
 from router.traffic import TrafficCounter
 from router.upstream_log import FailureLog
 from router.warm_map import WarmMap
@@ -43,6 +44,8 @@ class TenantRoute:
     api_keys: tuple[str, ...]
     plan: ExperimentPlan | None
     processing: RouteProcessing | None = None  # None: bytes forwarded as they are (fast path)
+    # SageMaker front: access key id -> secret (SigV4), read from the environment or files.
+    aws_secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +204,7 @@ def compile_table(
             api_keys=tenant.auth.api_key_sha256,
             plan=ExperimentPlan(tenant_id, tenant.experiment) if tenant.experiment else None,
             processing=compile_processing(tenant_id, tenant, backends.processing),
+            aws_secrets=resolve_secrets(tenant_id, tenant.auth.aws_access_keys),
         )
     limiters.prune(routes)
     return RoutingTable(snapshot, MappingProxyType(routes), MappingProxyType(built))

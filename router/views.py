@@ -3,6 +3,9 @@
 Order matters and is cheap-first: tenant, key, admission, then the body (413 decided from
 Content-Length, or while streaming, before the body is read whole; 408 when it trickles past the
 tenant's timeout), then the upstream call.
+
+One flow serves both fronts; a ``Protocol`` says how a front names the request id and the unit,
+authenticates, and shapes answers (native JSON here, the SageMaker Runtime's in sagemaker_front).
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from router.assignment import Assignment
 from router.auth import check_key
@@ -30,6 +35,7 @@ from router.http_errors import error_response, from_router_error
 from router.keys import METRICS, SERVICE, SETTINGS, STATE
 from router.logs import ACCESS_LOGGER
 from router.processing.shadow import ShadowJob
+from router.routing import RoutingTable, TenantRoute
 from router.service import Call
 
 log = logging.getLogger(__name__)
@@ -96,34 +102,97 @@ def content_type_for(backend: Backend, given: str | None, body: bytes) -> str:
     return JSON
 
 
+BodyCheck = Callable[[bytes], None]
+
+
+class Protocol:
+    """The native front (``/v1/tenants/{tenant}/invocations``): SPEC's headers and JSON errors."""
+
+    def request_id(self, headers: CIMultiDictProxy[str]) -> str:
+        return request_id_of(headers)
+
+    def unit(self, headers: CIMultiDictProxy[str]) -> str | None:
+        return unit_id_of(headers)
+
+    def authorize(
+        self, request: web.Request, route: TenantRoute, table: RoutingTable
+    ) -> BodyCheck | None:
+        """Raise unless the caller may use ``route``; may return a check to run on the body."""
+        if route.api_keys:
+            check_key(
+                route.tenant_id,
+                route.api_keys,
+                request.headers.get("Authorization"),
+                table.snapshot.key_owners,
+            )
+        return None
+
+    def success(
+        self,
+        body: bytes,
+        content_type: str,
+        assignment: Assignment,
+        request_id: str,
+        custom_attributes: str | None,
+    ) -> web.Response:
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": content_type,
+                "X-Model-Id": assignment.model,
+                "X-Variant": assignment.variant,
+                "X-Request-Id": request_id,
+            },
+        )
+
+    def error(
+        self, exc: RouterError, request_id: str, assignment: Assignment | None
+    ) -> web.Response:
+        response = from_router_error(exc, request_id)
+        if assignment is not None:
+            response.headers["X-Model-Id"] = assignment.model
+            response.headers["X-Variant"] = assignment.variant
+        return response
+
+    def internal_error(self, request_id: str) -> web.Response:
+        return error_response(500, "internal_error", "internal error; see logs", request_id)
+
+
+NATIVE = Protocol()
+
+
 async def invoke(request: web.Request) -> web.StreamResponse:
+    return await serve(request, NATIVE)
+
+
+async def serve(request: web.Request, protocol: Protocol) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
     metrics = app[METRICS]
     table = app[STATE].table  # read once: this request finishes on this snapshot
     tenant_id = request.match_info["tenant"]
     headers = request.headers
-    request_id = request_id_of(headers)
+    request_id = protocol.request_id(headers)
     route = table.routes.get(tenant_id)
     tenant_label = tenant_id if route is not None else UNKNOWN_TENANT
     assignment: Assignment | None = None
     shadow: ShadowJob | None = None
+    returned_attributes: str | None = None
     response: web.Response
     instance = ""
     try:
         if route is None:
             raise TenantNotFound(f"no tenant {tenant_id!r}")
-        if route.api_keys:
-            check_key(
-                tenant_id, route.api_keys, headers.get("Authorization"), table.snapshot.key_owners
-            )
-        unit = unit_id_of(headers)
+        check_body = protocol.authorize(request, route, table)
+        unit = protocol.unit(headers)
         limiter = route.limiter
         limiter.acquire()
         try:
             service = app[SERVICE]
             deadline = service.deadline(route)
             body = await read_body(request, route.max_body_bytes, deadline - service.loop_time())
+            if check_body is not None:
+                check_body(body)
             call = Call(
                 body=body,
                 content_type=content_type_for(route.backend, headers.get("Content-Type"), body),
@@ -140,6 +209,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
                     upstream.content_type,
                     upstream.instance,
                 )
+                returned_attributes = upstream.custom_attributes
             else:
                 answer = await processing.handle(
                     service, route, assignment, call, deadline=deadline
@@ -148,23 +218,12 @@ async def invoke(request: web.Request) -> web.StreamResponse:
                 shadow = answer.shadow
         finally:
             limiter.release()
-        response = web.Response(
-            body=body,
-            headers={
-                "Content-Type": content_type,
-                "X-Model-Id": assignment.model,
-                "X-Variant": assignment.variant,
-                "X-Request-Id": request_id,
-            },
-        )
+        response = protocol.success(body, content_type, assignment, request_id, returned_attributes)
     except RouterError as exc:
-        response = from_router_error(exc, request_id)
-        if assignment is not None:
-            response.headers["X-Model-Id"] = assignment.model
-            response.headers["X-Variant"] = assignment.variant
+        response = protocol.error(exc, request_id, assignment)
     except Exception:  # never a traceback to the caller
         log.exception("unhandled error tenant=%r request_id=%s", tenant_id, request_id)
-        response = error_response(500, "internal_error", "internal error; see logs", request_id)
+        response = protocol.internal_error(request_id)
     status = response.status
     transport = request.transport
     if status != CallerGone.status and (transport is None or transport.is_closing()):

@@ -133,10 +133,44 @@ class EndpointsFile(Frozen):
 # --- tenants/<tenant>.yaml -----------------------------------------------------------------------
 
 
+class AwsAccessKey(Frozen):
+    """AWS credentials a tenant signs SageMaker-front requests with (SigV4). The secret is named,
+    never written here: an environment variable or a file (a mounted Kubernetes secret)."""
+
+    access_key_id: str = Field(pattern=r"^[A-Z0-9]{16,128}$")
+    secret_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Variable holding the secret.",
+    )
+    secret_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File holding the secret (surrounding whitespace dropped).",
+    )
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> Self:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("give exactly one of 'secret_env' or 'secret_file'")
+        return self
+
+
 class Auth(Frozen):
     api_key_sha256: tuple[Sha256Hex, ...] = Field(
         default=(), description="Hex SHA-256 of each accepted key; empty: no key needed."
     )
+    aws_access_keys: tuple[AwsAccessKey, ...] = Field(
+        default=(),
+        description="SigV4 credentials accepted on the SageMaker-compatible front.",
+    )
+
+    @model_validator(mode="after")
+    def _distinct_access_keys(self) -> Self:
+        ids = [k.access_key_id for k in self.aws_access_keys]
+        if len(ids) != len(set(ids)):
+            raise ValueError("an access_key_id is listed twice")
+        return self
 
 
 class Limits(Frozen):

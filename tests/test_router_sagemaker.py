@@ -37,11 +37,11 @@ def sagemaker_config(root: Path, url: str, endpoint_name: str) -> ConfigDir:
                 "endpoint_name": endpoint_name,
                 "region": "us-east-1",
                 "endpoint_url": url,
-                "timeout_ms": 5000,
+                "timeout_ms": 30000,  # a first load on a busy machine can take seconds
             }
         }
     )
-    cfg.tenant("acme", endpoint="sm", model="iris-lr.tar.gz")
+    cfg.tenant("acme", endpoint="sm", model="iris-lr.tar.gz", limits={"timeout_ms": 30000})
     return cfg
 
 

@@ -19,6 +19,7 @@ success                                     200     (body: MLServer's output)
 no ``Authorization`` (unsigned)             403     MissingAuthenticationToken…   no
 signature scoped to another service/region  403     InvalidSignatureException     no
 ``throttle_next(n)`` armed                  400     ThrottlingException           **yes**
+``not_ready_next(n)`` armed                 429     ModelNotReadyException        no
 unknown endpoint name                       400     ValidationError               no
 no TargetModel header                       400     ValidationError               no
 TargetModel not in the repository           400     ValidationError               no
@@ -106,7 +107,9 @@ class SageMakerFront:
     url: str = field(default="", init=False)
     load_counts: Counter[str] = field(default_factory=Counter, init=False)
     requests: list[RecordedRequest] = field(default_factory=list, init=False, repr=False)
+    answer_attributes: str | None = None  # custom attributes "the model" returns, when set
     _throttle: int = field(default=0, init=False, repr=False)
+    _not_ready: int = field(default=0, init=False, repr=False)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False, repr=False)
     _http: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
@@ -116,6 +119,10 @@ class SageMakerFront:
     def throttle_next(self, n: int = 1) -> None:
         """Answer the next ``n`` requests with 400 ThrottlingException (botocore retries those)."""
         self._throttle = n
+
+    def not_ready_next(self, n: int = 1) -> None:
+        """Answer the next ``n`` requests with 429 ModelNotReadyException (a model still loading)."""
+        self._not_ready = n
 
     def requests_for(self, target_model: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.target_model == target_model]
@@ -181,6 +188,13 @@ class SageMakerFront:
         if self._throttle > 0:
             self._throttle -= 1
             return _error(400, "ThrottlingException", {"message": "Rate exceeded"})
+        if self._not_ready > 0:
+            self._not_ready -= 1
+            return _error(
+                429,
+                "ModelNotReadyException",
+                {"Message": "Model is not yet loaded; retry later."},
+            )
         if name != self.endpoint_name:
             return _validation_error(f"Endpoint {name} of account {ACCOUNT_ID} not found.")
         if not target:
@@ -212,15 +226,14 @@ class SageMakerFront:
             return _error(500, "InternalFailure", {"Message": f"An internal error occurred: {exc}"})
         if status >= 400:
             return self._model_error(status, payload)
-        return web.Response(
-            status=200,
-            body=payload,
-            headers={
-                "Content-Type": headers.get("Content-Type", "application/json"),
-                "x-Amzn-Invoked-Production-Variant": "AllTraffic",
-                "x-amzn-RequestId": str(uuid.uuid4()),
-            },
-        )
+        answer = {
+            "Content-Type": headers.get("Content-Type", "application/json"),
+            "x-Amzn-Invoked-Production-Variant": "AllTraffic",
+            "x-amzn-RequestId": str(uuid.uuid4()),
+        }
+        if self.answer_attributes is not None:
+            answer[CUSTOM_ATTRIBUTES_HEADER] = self.answer_attributes
+        return web.Response(status=200, body=payload, headers=answer)
 
     def _check_auth(self, authorization: str | None) -> web.Response | None:
         if not authorization:
