@@ -33,6 +33,7 @@ from router.keys import (
 from router.loops import cancel_and_wait
 from router.metrics import RouterMetrics
 from router.redis_conn import PoolOptions, close_redis, open_redis
+from router.redis_warmup import warm_pool
 from router.routing import (
     BackendFactory,
     LimiterRegistry,
@@ -113,6 +114,8 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
     app[STATE] = state
     assigner = Assigner(redis, metrics, budget_s=settings.redis_budget_ms / 1000)
     app[ASSIGNER] = assigner
+    # Before the app listens (so before /readyz can answer 200): a cold pool is no outage.
+    await warm_pool(redis, scripts=(assigner.script.script, rates.take_script.script))
     app[SERVICE] = InvocationService(metrics, assigner)
     metrics.config_generation.set(store.current.generation)
 

@@ -29,24 +29,30 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    table = request.app[STATE].table
+    state = request.app[STATE]
+    table = state.table
     if table.snapshot.generation < 1:
         raise NotReady("config not loaded yet", retry_after=1)
-    state = request.app[STATE]
-    waiting = sorted(set(table.backends) - state.warm_seen)
-    if request.app[SETTINGS].wait_for_warm and waiting:
-        # Latched per endpoint: once warm, a later scale-out (flag down while a new MME instance
-        # warms) must not take every router replica out of service.
-        try:
-            values = await request.app[REDIS].mget([warm_flag_key(n) for n in waiting])
-        except (RedisError, OSError) as exc:
-            raise NotReady(
-                f"cannot read the preloader's warm signal: {exc}", retry_after=1
-            ) from exc
-        state.warm_seen.update(n for n, v in zip(waiting, values, strict=True) if v == b"1")
-        cold = [n for n in waiting if n not in state.warm_seen]
-        if cold:
-            raise NotReady(f"waiting for the preloader to warm: {', '.join(cold)}", retry_after=1)
+    if request.app[SETTINGS].wait_for_warm and not state.was_ready:
+        # Only endpoints some tenant uses can hold readiness back, and only until the process has
+        # been ready once: an endpoint added later, or a scale-out (flag down while a new MME
+        # instance warms), must not take ready replicas out of service (SPEC /readyz).
+        used = {route.config.endpoint for route in table.routes.values()}
+        waiting = sorted(used - state.warm_seen)
+        if waiting:
+            try:
+                values = await request.app[REDIS].mget([warm_flag_key(n) for n in waiting])
+            except (RedisError, OSError) as exc:
+                raise NotReady(
+                    f"cannot read the preloader's warm signal: {exc}", retry_after=1
+                ) from exc
+            state.warm_seen.update(n for n, v in zip(waiting, values, strict=True) if v == b"1")
+            cold = [n for n in waiting if n not in state.warm_seen]
+            if cold:
+                raise NotReady(
+                    f"waiting for the preloader to warm: {', '.join(cold)}", retry_after=1
+                )
+    state.was_ready = True
     return json_response({"status": "ready", "generation": table.snapshot.generation})
 
 
@@ -62,7 +68,10 @@ def _require_admin(request: web.Request) -> None:
     if token is None:
         return
     given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+    # Header bytes that are not UTF-8 arrive as surrogates: compare them as the bytes they were
+    # (a plain encode() would raise, and a bad header is a 401, never a 500).
+    expected = f"Bearer {token}".encode()
+    if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
         raise Unauthorized("admin routes need 'Authorization: Bearer <admin token>'")
 
 

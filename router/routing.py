@@ -216,3 +216,4 @@ class RouterState:
     def __init__(self, table: RoutingTable) -> None:
         self.table = table
         self.warm_seen: set[str] = set()  # endpoints the preloader has reported warm once
+        self.was_ready = False  # /readyz answered 200 once: it stays ready (SPEC /readyz)
