@@ -1,6 +1,6 @@
 """Router and preloader on Redis Cluster (three masters) and behind Sentinel (SPEC "Scale-out"):
-sticky buckets, the global limit, the warm map and the preloader lock behave as on one server, and a
-Sentinel failover under traffic fails no request."""
+sticky buckets, the global limit, the warm map, the preloader's lock and publishing behave as on one
+server, and a Sentinel failover under traffic fails no request."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from preloader.leader import RedisLock, lock_key
@@ -20,9 +21,13 @@ from router.redis_conn import PoolOptions, RedisClient, RedisTarget, close_redis
 from router.redis_keys import rate_key, traffic_key, warm_flag_key, warm_map_key
 from router.traffic import TrafficCounter, recent_traffic
 from router.warm_map import WarmMap
+from tests.preloader_fixtures import PreloaderFactory, preloader_settings
 from tests.router_fixtures import ConfigDir, RouterFactory, RunningRouter, eventually
 from tests.scaleout_fixtures import Topology
+from tests.support.moto_server import MotoServer, create_mme_endpoint
 from tests.support.redis_topologies import RedisSentinelGroup
+
+pytest_plugins = ("tests.preloader_fixtures",)
 
 # Generous: these tests are about topologies, not latency; a loaded test machine must not turn a
 # slow answer into a hash decision.
@@ -192,3 +197,35 @@ async def _stored_again(router: RunningRouter) -> bool:
     unit = f"late-{time.monotonic_ns()}"
     status, _, _ = await router.invoke("acme", unit=unit)
     return status == 200 and (await peek(router, unit))["source"] == "stored"
+
+
+async def test_preloader_leads_and_publishes_on_the_topology(
+    topology: Topology,
+    moto_config: ConfigDir,
+    moto: MotoServer,
+    start_preloader: PreloaderFactory,
+) -> None:
+    """Two preloaders in cluster mode: one takes the endpoint's lock and warms it (the warm flag
+    appears, for the routers' readiness), the other stands by."""
+    await create_mme_endpoint(moto.url, "mme-test", 1)
+    moto_config.tenant("acme", endpoint="sm", model="m.tar.gz", preload={"sample": {"x": [1]}})
+    settings = [
+        replace(
+            preloader_settings(moto_config, topology.target.url, instance_id=name),
+            redis_cluster=topology.target.cluster,
+        )
+        for name in ("p1", "p2")
+    ]
+    first = await start_preloader(settings[0])
+    async with client_for(topology.target) as client:
+
+        async def warm() -> bool:
+            return await client.get(warm_flag_key("sm")) == b"1"
+
+        await eventually(warm, within_s=20)
+        second = await start_preloader(settings[1])
+        await asyncio.sleep(0.5)
+        assert [p.leading("sm") for p in (first, second)] == [True, False]
+        holder = await client.get(lock_key("sm"))
+        assert holder is not None
+        assert b"p1" in holder
