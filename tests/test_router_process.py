@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -104,3 +105,13 @@ async def test_sigterm_finishes_in_flight_requests(
             fresh_mlservers[0].resume()
         assert await in_flight == (200, "iris-tree")
     assert await asyncio.to_thread(process.wait, 15) == 0
+
+
+def test_log_is_json_from_the_first_line(
+    router_process: tuple[subprocess.Popen[bytes], str], tmp_path: Path
+) -> None:
+    """No aiohttp banner before the JSON lines: a log shipper parses every line."""
+    lines = (tmp_path / "router.log").read_text().splitlines()
+    assert lines
+    entries = [json.loads(line) for line in lines]
+    assert any(e["msg"].startswith("router listening on http://127.0.0.1:") for e in entries)

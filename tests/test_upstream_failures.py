@@ -9,11 +9,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
 from router.backends.ejection import Ejector
 from router.backends.retry_budget import RetryBudget
+from router.backends.v2 import InstancePicker, V2Instance
 from router.upstream_log import Failure, FailureLog
 from tests.router_fixtures import (
     ConfigDir,
@@ -244,3 +246,16 @@ async def test_a_404_that_is_not_model_not_found_loads_nothing(
     assert (status, code) == (502, "upstream_error")
     assert "HTTP 404" in message
     assert router.metric("router_model_loads_total") == 0
+
+
+def test_instance_choice_prefers_live_then_warm_and_rotates() -> None:
+    session: Any = None  # never used: choice only reads urls and health
+    timeout = aiohttp.ClientTimeout(total=1)
+    a, b, c = (V2Instance(f"http://{h}:1", session, timeout=timeout) for h in "abc")
+    warm = InstancePicker(lambda model: frozenset({"http://b:1", "http://c:1"}))
+    assert {warm.choose("m", [a, b, c], now=0.0) for _ in range(6)} == {b, c}
+    c.ejected_until = 10.0
+    assert {warm.choose("m", [a, b, c], now=0.0) for _ in range(6)} == {b}
+    # A retry avoids the instance that failed, and does not move the rotation on.
+    assert warm.choose("m", [a, b, c], now=0.0, avoid=b) is a
+    assert InstancePicker().choose("m", [a], now=0.0, avoid=a) is None

@@ -361,6 +361,9 @@ class V2Backend(Backend):
         except UpstreamTimeout as exc:
             self._failed(instance, request, "timeout", "timeout", exc.message)
             raise
+        except RouterError:
+            self.ejector.succeeded(instance)  # it answered (an error): reachable and alive
+            raise
         self.ejector.succeeded(instance)
         return response
 
