@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 import timeit
 from collections.abc import Callable
 
@@ -55,7 +56,8 @@ def measure(repeats: int = 5, number: int = 200_000) -> dict[str, float]:
     """ns per call for each case, the median of ``repeats`` runs of ``number`` calls."""
     results: dict[str, float] = {}
     for name, call in cases().items():
-        runs = timeit.repeat(call, repeat=repeats, number=number)
+        # CPU time, not wall time: on a shared machine other processes would count otherwise.
+        runs = timeit.repeat(call, repeat=repeats, number=number, timer=time.process_time)
         results[name] = statistics.median(runs) / number * 1e9
     return results
 
