@@ -60,7 +60,7 @@ def test_invalid_config_exits_2_naming_the_problem(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 2
-    assert "tenants/globex.yaml: limits.rps: Input should be greater than 0" in result.stderr
+    assert "tenants/globex.yaml: limits.rps: must be more than 0, got 0" in result.stderr
 
 
 def test_config_dir_from_environment(tmp_path: Path) -> None:
