@@ -25,6 +25,7 @@ from router.keys import (
     METRICS,
     RATES,
     REDIS,
+    ROLLOUT,
     SAGEMAKER,
     SERVICE,
     SETTINGS,
@@ -34,6 +35,11 @@ from router.loops import cancel_and_wait
 from router.metrics import RouterMetrics
 from router.redis_conn import PoolOptions, close_redis, open_redis
 from router.redis_warmup import warm_pool
+from router.rollout import admin as rollout_admin
+from router.rollout.apply import RouteWeights
+from router.rollout.controller import RolloutController
+from router.rollout.metrics import RolloutMetrics
+from router.rollout.store import RolloutStore
 from router.routing import (
     BackendFactory,
     LimiterRegistry,
@@ -116,8 +122,22 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
     app[ASSIGNER] = assigner
     # Before the app listens (so before /readyz can answer 200): a cold pool is no outage.
     await warm_pool(redis, scripts=(assigner.script.script, rates.take_script.script))
-    app[SERVICE] = InvocationService(metrics, assigner)
+    service = app[SERVICE] = InvocationService(metrics, assigner)
     metrics.config_generation.set(store.current.generation)
+    weights = RouteWeights(state)
+    rollout = RolloutController(
+        RolloutStore(redis),
+        RolloutMetrics(metrics.registry),
+        weights,
+        on_redis_error=metrics.redis_errors.inc,
+        interval_s=settings.rollout_interval_s,
+    )
+    app[ROLLOUT] = rollout
+    service.rollouts = rollout.counters
+    rollout.configure(store.current.tenants)
+    # A restarted replica resumes where the rollout is before it serves (bounded: Redis may be down).
+    # Each Redis call is bounded by the pool's socket timeout, so this cannot hang the start.
+    await rollout.tick()
 
     def track_v2(table: RoutingTable) -> None:
         warm_map.track(name for name, b in table.backends.items() if isinstance(b, V2Backend))
@@ -125,7 +145,8 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
     def swap(outcome: ReloadOutcome) -> None:
         metrics.config_reloads.labels("ok" if outcome.ok else "error").inc()
         if outcome.changed:
-            state.table = compile_table(outcome.snapshot, backends, limiters)
+            rollout.configure(outcome.snapshot.tenants)
+            state.table = weights.overlay(compile_table(outcome.snapshot, backends, limiters))
             backends.prune(set(outcome.snapshot.endpoints))
             track_v2(state.table)
             assigner.clear_cache()
@@ -139,6 +160,7 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(traffic.run(), name="traffic-flush"),
         asyncio.create_task(rates.run(), name="replica-heartbeat"),
         asyncio.create_task(assigner.run_renewals(), name="assignment-renewals"),
+        asyncio.create_task(rollout.run(), name="rollout"),
     ]
     yield
     await cancel_and_wait(tasks)
@@ -165,4 +187,6 @@ def create_app(settings: Settings, *, metrics: RouterMetrics | None = None) -> w
     app.router.add_get("/v1/admin/tenants", ops.list_tenants)
     app.router.add_get("/v1/admin/tenants/{tenant}/assignment", ops.assignment)
     app.router.add_post("/v1/admin/reload", ops.reload)
+    app.router.add_get("/v1/admin/tenants/{tenant}/rollout", rollout_admin.show)
+    app.router.add_post("/v1/admin/tenants/{tenant}/rollout/{action}", rollout_admin.command)
     return app

@@ -10,6 +10,7 @@ from router.backends.sagemaker import SageMakerClients
 from router.global_rate import GlobalRates
 from router.metrics import RouterMetrics
 from router.redis_conn import RedisClient
+from router.rollout.controller import RolloutController
 from router.routing import BackendFactory, LimiterRegistry, RouterState
 from router.service import InvocationService
 from router.settings import Settings
@@ -27,3 +28,4 @@ RATES = web.AppKey("rates", GlobalRates)
 STATE = web.AppKey("state", RouterState)
 ASSIGNER = web.AppKey("assigner", Assigner)
 SERVICE = web.AppKey("service", InvocationService)
+ROLLOUT = web.AppKey("rollout", RolloutController)

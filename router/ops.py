@@ -63,7 +63,7 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def _require_admin(request: web.Request) -> None:
+def require_admin(request: web.Request) -> None:
     token = request.app[SETTINGS].admin_token
     if token is None:
         return
@@ -98,7 +98,7 @@ def _describe(route: TenantRoute) -> dict[str, Any]:
 
 
 async def list_tenants(request: web.Request) -> web.Response:
-    _require_admin(request)
+    require_admin(request)
     table = request.app[STATE].table
     return json_response(
         {
@@ -109,7 +109,7 @@ async def list_tenants(request: web.Request) -> web.Response:
 
 
 async def assignment(request: web.Request) -> web.Response:
-    _require_admin(request)
+    require_admin(request)
     tenant_id = request.match_info["tenant"]
     route = request.app[STATE].table.routes.get(tenant_id)
     if route is None:
@@ -136,7 +136,7 @@ async def assignment(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    _require_admin(request)
+    require_admin(request)
     outcome = await request.app[CONFIG].reload(force=True)
     return json_response(
         {

@@ -13,6 +13,8 @@ tenant, a tenant experiment), and never let one script or transaction touch two 
 | ``wr:preloader:lock:{ENDPOINT}`` | endpoint | preloader (leader lock) |
 | ``wr:asg:{TENANT:EXPERIMENT}:SALT:UNIT`` | tenant experiment | router (sticky buckets) |
 | ``wr:rate:{TENANT}`` (hash) | tenant | router (global rate bucket) |
+| ``wr:rollout:{TENANT:EXPERIMENT}:state`` (hash) | tenant experiment | router (rollout state) |
+| ``wr:rollout:{TENANT:EXPERIMENT}:win:SEQ`` (hash) | tenant experiment | router (rollout counts) |
 | ``wr:replicas:{router}`` (sorted set) | fixed | router (replica heartbeats) |
 """
 

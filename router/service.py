@@ -12,6 +12,7 @@ from router.assignment import DEFAULT_VARIANT, Assigner, Assignment
 from router.backends.base import UpstreamRequest, UpstreamResponse
 from router.errors import UpstreamTimeout
 from router.metrics import RouterMetrics
+from router.rollout.counter import WindowCounter
 from router.routing import TenantRoute
 
 
@@ -35,6 +36,9 @@ class InvocationService:
         # Labelled metric children, kept: .labels() costs ~1 µs a call, a dict hit ~0.1 µs.
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._upstream: dict[str, Histogram] = {}
+        # Rollout counters by tenant (only tenants whose experiment rolls out); the rollout
+        # controller owns and flushes them.
+        self.rollouts: dict[str, WindowCounter] = {}
 
     def deadline(self, route: TenantRoute) -> float:
         """The loop-clock time by which ``route``'s request must be answered."""
@@ -46,6 +50,9 @@ class InvocationService:
         if child is None:
             child = self._requests[key] = self.metrics.requests.labels(tenant, variant, str(status))
         child.inc()
+        rollout = self.rollouts.get(tenant)
+        if rollout is not None:
+            rollout.count(variant, status)
 
     async def assign(self, route: TenantRoute, unit_id: str | None) -> Assignment:
         if route.plan is None:
@@ -84,7 +91,11 @@ class InvocationService:
                 raise UpstreamTimeout(f"the tenant's {route.deadline_s * 1000:g} ms timeout passed")
             response = await backend.invoke(request)
         finally:
-            timer.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            timer.observe(elapsed)
+            rollout = self.rollouts.get(route.tenant_id)
+            if rollout is not None:
+                rollout.observe(assignment.variant, elapsed)
         if response.cold_start:
             self.metrics.cold_starts.labels(route.tenant_id, assignment.model).inc()
         return response

@@ -26,6 +26,7 @@ class Settings:
     redis_budget_ms: float = 20.0
     shutdown_timeout_s: float = 20.0
     reload_interval_s: float = 0.5
+    rollout_interval_s: float = 0.5  # how often a replica flushes, reads and judges rollouts
     wait_for_warm: bool = False
     instance_id: str = ""
     access_log: bool = False
