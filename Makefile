@@ -5,6 +5,10 @@ MLS_VENV := .venv-mlserver
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 MODELS := .cache/models
+# Custom processing code may only come from these module prefixes (SPEC); the examples' steps live
+# in examples/. Set it empty (or to your own package) to override.
+WARMROUTE_STEP_MODULES ?= examples.
+export WARMROUTE_STEP_MODULES
 
 .PHONY: setup run test lint typecheck check schema docs dashboard-png bench bench-coldstart bench-placement clean
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from devstack.mlserver import MLServerInstance, models_dir, repo_root, start_mlserver
 from devstack.ports import urlopen_direct, wait_http
 from devstack.redis_server import ensure_redis, flush_database
+from tenancy.processing import STEP_MODULES_ENV
 from tenancy.text import plural
 
 MLSERVER_PORTS = (8081, 8082)  # as examples/config/endpoints.yaml names them
@@ -124,6 +125,7 @@ def running_stack(config: Path, state: Path) -> Iterator[list[subprocess.Popen[b
         if _port_taken(port):
             raise SystemExit(f"port {port} is already in use: stop what runs there and retry")
     env = {**os.environ, "WARMROUTE_LOG_LEVEL": os.environ.get("WARMROUTE_LOG_LEVEL", "INFO")}
+    env.setdefault(STEP_MODULES_ENV, "examples.")  # the example configs' custom steps
     redis_url = run_redis_url()
     with contextlib.ExitStack() as stack:
         redis = ensure_redis(redis_url)

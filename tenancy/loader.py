@@ -23,6 +23,12 @@ from tenancy.models import Endpoint, EndpointsFile, Tenant
 ENDPOINTS_FILE = "endpoints.yaml"
 TENANTS_DIR = "tenants"
 TENANT_SUFFIXES = (".yaml", ".yml")
+# Far above any real config file (a Kubernetes ConfigMap holds 1 MiB in all); past it a file is
+# refused before it is read, so a huge file costs neither memory nor a parse.
+MAX_FILE_BYTES = 1 << 20
+# PyYAML's scanner is quadratic in flow nesting ("[[[[..." of 5000 levels takes ~10 s before it
+# fails on recursion), so deep flow nesting is refused before parsing. Real files nest a few levels.
+MAX_FLOW_NESTING = 64
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -107,13 +113,69 @@ def _validation_issues(
     return tuple(issues)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names one key twice: YAML says keys are unique; PyYAML would keep the last."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys (merge keys ``<<`` excepted)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: the base loader reports it
+                continue
+            if seen:
+                raise DuplicateKeyError(
+                    None, None,
+                    f"duplicate key {key!r} (first on line {first_line[key] + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            first_line[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _too_deep_at(text: str) -> int | None:
+    """The line where flow brackets first nest past MAX_FLOW_NESTING, or None.
+
+    Brackets inside quoted strings are counted too: an over-estimate that no real file reaches.
+    """
+    if text.count("[") + text.count("{") <= MAX_FLOW_NESTING:
+        return None  # cannot be that deep: no scan
+    depth = 0
+    for index, char in enumerate(text):
+        if char in "[{":
+            depth += 1
+            if depth > MAX_FLOW_NESTING:
+                return text.count("\n", 0, index) + 1
+        elif char in "]}" and depth:
+            depth -= 1
+    return None
+
+
 def _read_yaml(path: Path, rel: str) -> tuple[Any, tuple[ConfigIssue, ...]]:
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            message = f"file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit"
+            return None, (ConfigIssue(rel, "(file)", message),)
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return None, (ConfigIssue(rel, "(file)", f"cannot read: {exc}"),)
+    too_deep = _too_deep_at(text)
+    if too_deep is not None:
+        message = f"nested deeper than {MAX_FLOW_NESTING} levels of [ ] or {{ }}"
+        return None, (ConfigIssue(rel, f"line {too_deep}", message),)
     try:
-        return yaml.safe_load(text), ()
+        return yaml.load(text, Loader=_UniqueKeyLoader), ()  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 1
+        return None, (ConfigIssue(rel, f"line {line}", exc.problem or "duplicate key"),)
     except yaml.MarkedYAMLError as exc:
         where, problem = yaml_location(text, exc)
         return None, (ConfigIssue(rel, where, problem),)
@@ -122,16 +184,23 @@ def _read_yaml(path: Path, rel: str) -> tuple[Any, tuple[ConfigIssue, ...]]:
 
 
 def parse_file(path: Path, rel: str, model: type[BaseModel]) -> Parsed:
+    """One file's outcome. Whatever the file holds (nesting deep enough to exhaust the parser's
+    recursion, binary, huge), reading it is this file's problem only: never an exception that
+    would stop the caller (the reload watcher) or hide the other files."""
     file_stamp = stamp(path)
-    data, issues = _read_yaml(path, rel)
-    if issues:
-        return Parsed(file_stamp, None, issues)
-    if not isinstance(data, dict):
-        return Parsed(file_stamp, None, (ConfigIssue(rel, "(root)", "expected a mapping"),))
     try:
-        return Parsed(file_stamp, model.model_validate(data), ())
-    except ValidationError as exc:
-        return Parsed(file_stamp, None, _validation_issues(rel, exc, model))
+        data, issues = _read_yaml(path, rel)
+        if issues:
+            return Parsed(file_stamp, None, issues)
+        if not isinstance(data, dict):
+            return Parsed(file_stamp, None, (ConfigIssue(rel, "(root)", "expected a mapping"),))
+        try:
+            return Parsed(file_stamp, model.model_validate(data), ())
+        except ValidationError as exc:
+            return Parsed(file_stamp, None, _validation_issues(rel, exc, model))
+    except Exception as exc:  # the per-file boundary (RecursionError, MemoryError's kin, bugs)
+        message = f"cannot load: {type(exc).__name__}: {str(exc)[:200]}"
+        return Parsed(file_stamp, None, (ConfigIssue(rel, "(file)", message),))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
@@ -62,6 +63,36 @@ TimeoutMs = Annotated[int, Field(gt=0, le=600_000)]
 # --- custom code references ---------------------------------------------------------------------
 
 
+STEP_MODULES_ENV = "WARMROUTE_STEP_MODULES"
+
+
+def allowed_prefixes() -> tuple[str, ...]:
+    """The module prefixes custom code may come from, read now (at validation), never at import."""
+    raw = os.environ.get(STEP_MODULES_ENV, "")
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def check_module_allowed(module_name: str) -> None:
+    """Raise ValueError unless ``module_name`` is under a prefix of ``WARMROUTE_STEP_MODULES``.
+
+    A prefix matches at a dotted-name boundary: ``examples.`` and ``examples`` both allow
+    ``examples.steps``; ``examples`` also allows the package ``examples`` itself, never
+    ``examples_evil``. Checked before anything is imported: a refused module is never loaded.
+    """
+    prefixes = allowed_prefixes()
+    for prefix in prefixes:
+        package = prefix.removesuffix(".")
+        if (module_name == package and not prefix.endswith(".")) or module_name.startswith(
+            package + "."
+        ):
+            return
+    allowed = ", ".join(prefixes) if prefixes else "none: it is empty"
+    raise ValueError(
+        f"module {module_name!r} is not allowed for custom code; {STEP_MODULES_ENV} lists the "
+        f"module prefixes that are (now {allowed})"
+    )
+
+
 def resolve_callable(ref: str) -> Callable[..., Any]:
     """Import ``module:attribute`` and return it. Raises ValueError saying what is wrong.
 
@@ -69,6 +100,7 @@ def resolve_callable(ref: str) -> Callable[..., Any]:
     arguments, so that is checked here too.
     """
     module_name, _, attribute = ref.partition(":")
+    check_module_allowed(module_name)
     try:
         target: object = importlib.import_module(module_name)
     except Exception as exc:  # user code: any failure to import is this file's config error

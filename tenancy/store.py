@@ -94,11 +94,13 @@ class ConfigStore:
             await asyncio.sleep(interval_s)
             try:
                 await self.reload()
-            except OSError:
+            except Exception:  # the watcher must outlive anything a reload meets
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise
-                log.exception("config watch failed; will retry")
+                # Files are read behind a per-file boundary, so this is a bug or the disk: the
+                # next change is still picked up.
+                log.exception("config watch failed; will retry on the next change")
 
     def _build(self, previous: Snapshot | None) -> tuple[Snapshot, tuple[ConfigIssue, ...]]:
         self._stamps = scan(self.root)

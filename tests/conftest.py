@@ -16,6 +16,7 @@ import redis
 
 from devstack import mlserver as mls
 from devstack.redis_server import RedisServer, redis_ping
+from tenancy.processing import STEP_MODULES_ENV
 from tests.support.moto_server import MotoServer
 from tests.support.sagemaker_front import SageMakerFront, start_sagemaker_front
 
@@ -123,6 +124,12 @@ async def sagemaker_front(fresh_mlservers: MLServerPair) -> AsyncIterator[SageMa
         yield front
     finally:
         await front.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Custom steps of the examples and of the tests themselves are allowed (SPEC: only modules
+    under WARMROUTE_STEP_MODULES); subprocesses the tests start inherit it."""
+    os.environ.setdefault(STEP_MODULES_ENV, "examples.,tests.")
 
 
 pytest_plugins = ("tests.router_fixtures", "tests.scaleout_fixtures")

@@ -58,7 +58,7 @@ def test_tenancy_check_names_file_and_field_of_bad_steps(config: ConfigDir) -> N
         model="m",
         preprocess=[
             {"step": "records_to_v2", "featurez": ["a"]},
-            {"step": "custom", "function": "no_such_module.steps:clip"},
+            {"step": "custom", "function": "examples.no_such_module:clip"},
             {"step": "nope"},
         ],
         postprocess=[{"step": "top_k", "k": 0}],
@@ -72,8 +72,8 @@ def test_tenancy_check_names_file_and_field_of_bad_steps(config: ConfigDir) -> N
         in lines
     )
     assert (
-        "tenants/acme.yaml: preprocess.1.function: cannot import 'no_such_module.steps': "
-        "ModuleNotFoundError: No module named 'no_such_module'" in lines
+        "tenants/acme.yaml: preprocess.1.function: cannot import 'examples.no_such_module': "
+        "ModuleNotFoundError: No module named 'examples.no_such_module'" in lines
     )
     assert any(
         re.fullmatch(
