@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from bench import config as cfg
-from bench import global_limit, pipeline
+from bench import global_limit, pipeline, sagemaker_clients
 from bench.cpu import CpuMeter, CpuUsage
 from bench.load import LoadResult, LoadSpec, UnitMode
 from bench.procs import Processes, Server, handle_stop_signals
@@ -160,7 +160,13 @@ def start_servers(
         ],
         url=f"http://127.0.0.1:{router_port}",
         ready_path="/readyz",
-        env={"WARMROUTE_LOG_LEVEL": "WARNING"},
+        # Dummy credentials for the SageMaker tenant (the stub checks no signature), no IMDS look-up.
+        env={
+            "WARMROUTE_LOG_LEVEL": "WARNING",
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        },
         cpu=SERVER_CPU if args.pin else None,
     )
     return upstream, proxy, router, bench_config
@@ -174,6 +180,7 @@ def make_targets(
 
     invoke = router.url + "/v1/tenants/{}/invocations"
     key, canary_key = bench_config.api_key, bench_config.canary_api_key
+    sm_key = bench_config.sm_api_key
     return [
         Target("a", "direct to the upstream", upstream.url + INFER_PATH, headers(key)),
         Target("b", "bare aiohttp proxy", proxy.url + INFER_PATH, headers(key)),
@@ -193,6 +200,12 @@ def make_targets(
             headers(canary_key),
             "new",
             throughput=False,
+        ),
+        Target(
+            "f",
+            "warmroute, SageMaker tenant (signed InvokeEndpoint to the same stub)",
+            invoke.format(cfg.SM_TENANT),
+            headers(sm_key),
         ),
     ]
 
@@ -300,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             "nonce": nonce,
         },
         labels={},
-        middle={"a": "upstream", "b": "bare_proxy", "c": "router"},
+        middle={"a": "upstream", "b": "bare_proxy", "c": "router", "f": "router"},
     )
     if redis_ver is None:
         report.warnings.append(
@@ -319,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         f"aiohttp={m['aiohttp']} uvloop={m['uvloop']} loadgen={loadgen!r} redis={m['redis']}"
     )
     procs: Processes | None = None
+    clients: list[sagemaker_clients.ClientCost] = []
     experiment: str | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="warmroute-bench-") as tmp:
@@ -339,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             meter = CpuMeter({s.name: s.pid for s in (upstream, proxy, router)})
             benchmark(args, report, run, meter, targets)
             report.router_metrics = router_metrics(router)
+            # The SageMaker path's client alone, stock aiobotocore beside the router's.
+            clients = sagemaker_clients.measure(upstream.url, 500 if args.quick else 5000)
             report.machine["loadavg_1m_after"] = f"{os.getloadavg()[0]:.2f}"
             procs.stop_all()
     except KeyboardInterrupt:
@@ -369,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     json_path, md_path = report.write(args.results)
     print(report.markdown())
+    if clients:
+        print(sagemaker_clients.markdown(clients))
+        (args.results / "sagemaker_clients.md").write_text(sagemaker_clients.markdown(clients))
     log(f"wrote {json_path} and {md_path}")
     # Processing costs, in-process: each built-in step, a three-step pipeline, shadowing at 10 %.
     steps = pipeline.measure(iterations=2_000 if args.quick else 20_000)

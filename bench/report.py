@@ -41,7 +41,7 @@ class Run:
 class Report:
     machine: dict[str, str]
     settings: dict[str, Any]
-    labels: dict[str, str]  # target key ("a".."e") -> description
+    labels: dict[str, str]  # target key ("a".."f") -> description
     middle: dict[str, str]  # target key -> the server whose CPU per request is reported
     runs: dict[str, dict[Kind, list[Run]]] = field(default_factory=dict)
     router_metrics: dict[str, float] = field(default_factory=dict)
@@ -88,6 +88,9 @@ class Report:
             "cpu_us_per_request_b_bare_proxy": self.cpu_us_per_request("b"),
             "cpu_us_per_request_c_router": self.cpu_us_per_request("c"),
             "cpu_ratio_b_over_c": self.cpu_us_per_request("b") / self.cpu_us_per_request("c"),
+            "rps_ratio_f_over_c": rps.get("f", math.nan) / rps["c"],
+            "cpu_us_per_request_f_router_sagemaker": self.cpu_us_per_request("f"),
+            "cpu_ratio_f_over_c": self.cpu_us_per_request("f") / self.cpu_us_per_request("c"),
             "foreign_cpu_share_median": statistics.median(self.foreign_shares() or [math.nan]),
             "foreign_cpu_share_max": max(self.foreign_shares() or [math.nan]),
         }
@@ -100,6 +103,8 @@ class Report:
             Check("added latency p99 (c-a), 1 at a time", d["added_p99_ms_c_minus_a"], 1.2, "<=", "ms"),
             Check("assignment from cache (d-c), p50", d["assignment_cached_p50_ms_d_minus_c"], 0.05, "<=", "ms"),
             Check("assignment with a Redis round trip (e-c), p50", d["assignment_redis_p50_ms_e_minus_c"], 0.3, "<=", "ms"),
+            Check("SageMaker tenant req/s vs v2 tenant (f/c), 32 conns", d["rps_ratio_f_over_c"] * 100, 90, ">=", "%"),
+            Check("SageMaker tenant CPU/request vs v2 tenant (f/c)", d["cpu_ratio_f_over_c"] * 100, 115, "<=", "%"),
         ]  # fmt: skip
 
     def errors(self) -> int:
@@ -154,7 +159,8 @@ class Report:
             "CPU per request at 32 connections (the middle process's CPU time ÷ requests; hardly "
             f"moved by other load): upstream (a) {d['cpu_us_per_request_a_upstream']:.0f} µs, "
             f"bare proxy (b) {d['cpu_us_per_request_b_bare_proxy']:.0f} µs, "
-            f"warmroute (c) {d['cpu_us_per_request_c_router']:.0f} µs; "
+            f"warmroute (c) {d['cpu_us_per_request_c_router']:.0f} µs, "
+            f"warmroute SageMaker tenant (f) {d['cpu_us_per_request_f_router_sagemaker']:.0f} µs; "
             f"bare proxy ÷ warmroute = {d['cpu_ratio_b_over_c'] * 100:.0f} % "
             "(what c/b req/s would be with a core to spare for each process).",
             f"Processes outside the benchmark used {d['foreign_cpu_share_median'] * 100:.0f} % "

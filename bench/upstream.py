@@ -1,4 +1,5 @@
-"""A fast stand-in v2 (Open Inference Protocol) server: ``python -m bench.upstream --port P``.
+"""A fast stand-in v2 (Open Inference Protocol) server: ``python -m bench.upstream --port P``; it
+also answers SageMaker Runtime's InvokeEndpoint, so both endpoint kinds hit the same stub.
 
 Every model counts as loaded. Inference reads the request body and answers a small fixed response,
 so time measured through it is the HTTP stack's, not a model's.
@@ -44,6 +45,17 @@ async def infer(request: web.Request) -> web.Response:
     return web.Response(body=infer_response(request.match_info["model"]), content_type=JSON)
 
 
+async def invoke_endpoint(request: web.Request) -> web.Response:
+    """SageMaker Runtime InvokeEndpoint: the same fixed answer for the TargetModel (no auth check)."""
+    await request.read()
+    model = request.headers.get("X-Amzn-SageMaker-Target-Model", "")
+    return web.Response(
+        body=infer_response(model),
+        content_type=JSON,
+        headers={"X-Amzn-Invoked-Production-Variant": "AllTraffic"},
+    )
+
+
 async def ready(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
@@ -67,6 +79,7 @@ async def index(request: web.Request) -> web.Response:
 def create_app() -> web.Application:
     app = web.Application()
     app.router.add_post("/v2/models/{model}/infer", infer)
+    app.router.add_post("/endpoints/{endpoint}/invocations", invoke_endpoint)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2/health/live", ready)
     app.router.add_post("/v2/repository/models/{model}/load", load)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
@@ -61,6 +63,13 @@ log = logging.getLogger(__name__)
 MODEL_NOT_READY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 USER_AGENT = f"warmroute/0.1 botocore/{botocore.__version__}"
 ClientKey = tuple[str, str | None]
+# amz-sdk-invocation-id is UUID-shaped: a random per-process part and a counter (no syscall per call).
+_INVOCATION_PREFIX = str(uuid.uuid4())[:24]
+_INVOCATIONS = itertools.count()
+
+
+def invocation_id() -> str:
+    return f"{_INVOCATION_PREFIX}{next(_INVOCATIONS) % 16**12:012x}"
 
 
 class SageMakerClients:
@@ -84,6 +93,8 @@ class SageMakerClients:
         self._own_http = http is None
         self._max_pool_connections = max_pool_connections
         self._credentials: AioCredentials | None = None
+        self._frozen: ReadOnlyCredentials | None = None
+        self._frozen_at = 0.0
         self._config = AioConfig(
             max_pool_connections=max_pool_connections,
             connect_timeout=5,
@@ -107,7 +118,11 @@ class SageMakerClients:
         return self._http
 
     async def credentials(self) -> ReadOnlyCredentials:
-        """The chain's current credentials (refreshed by aiobotocore when they near expiry)."""
+        """The chain's current credentials (refreshed by aiobotocore when they near expiry; asked
+        at most once a second: refreshable credentials refresh minutes before they expire)."""
+        now = time.monotonic()
+        if self._frozen is not None and now - self._frozen_at < 1.0:
+            return self._frozen
         if self._credentials is None:
             async with self._lock:
                 if self._credentials is None:
@@ -115,6 +130,7 @@ class SageMakerClients:
         if self._credentials is None:
             raise UpstreamError("no AWS credentials found (environment, profile or role)")
         frozen: ReadOnlyCredentials = await self._credentials.get_frozen_credentials()
+        self._frozen, self._frozen_at = frozen, now
         return frozen
 
     async def runtime(self, region: str, endpoint_url: str | None) -> SageMakerRuntimeClient:
@@ -287,7 +303,7 @@ class SageMakerBackend(Backend):
                 (await self._signer_for()).add_auth(cast(AWSRequest, signing))
                 headers = signing.headers
                 headers["User-Agent"] = USER_AGENT
-                headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
+                headers["amz-sdk-invocation-id"] = invocation_id()
                 headers["amz-sdk-request"] = f"attempt={attempt}"
                 headers["Accept-Encoding"] = "identity"
                 if budget <= 0:
