@@ -15,7 +15,9 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -29,6 +31,7 @@ from preloader.v2_warmer import V2Warmer
 from preloader.warm_set import WarmSets
 from preloader.warmer import Warmer, WarmStatus
 from router.backends.sagemaker import SageMakerClients
+from router.loops import cancel_and_wait
 from router.redis_conn import RedisClient
 from tenancy.models import Endpoint, SageMakerEndpoint, V2Endpoint
 from tenancy.snapshot import Snapshot
@@ -107,13 +110,16 @@ class Preloader:
     def _endpoint(self, name: str) -> Endpoint | None:
         return self.store.current.endpoints.get(name)
 
-    def build_warmer(self, name: str, endpoint: Endpoint) -> Warmer:
+    def publisher(self, name: str) -> WarmPublisher | None:
+        """Cluster mode writes the endpoint's warm map and flag; a sidecar writes nothing."""
+        if self.sidecar is not None:
+            return None
+        return WarmPublisher(self.redis, name, flag_ttl_s=self.settings.warm_flag_ttl_s)
+
+    def build_warmer(
+        self, name: str, endpoint: Endpoint, publisher: WarmPublisher | None
+    ) -> Warmer:
         s = self.settings
-        publisher = (
-            WarmPublisher(self.redis, name, flag_ttl_s=s.warm_flag_ttl_s)
-            if self.sidecar is None
-            else None
-        )
         if isinstance(endpoint, V2Endpoint):
 
             def v2() -> V2Endpoint | None:
@@ -160,13 +166,35 @@ class Preloader:
 
     async def warm_once(self) -> list[WarmStatus]:
         """Warm every endpoint (or the sidecar's instance) once, all at once; no lock."""
-        warmers = [self.build_warmer(n, e) for n, e in sorted(self._wanted().items())]
+        warmers = [
+            self.build_warmer(n, e, self.publisher(n)) for n, e in sorted(self._wanted().items())
+        ]
         return list(await asyncio.gather(*(w.warm_once() for w in warmers)))
 
     # -- watching ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _work(
+        warmer: Warmer, publisher: WarmPublisher | None
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """The warmer's watch loop, with the warm flag refreshed beside it (cluster mode)."""
+
+        async def work() -> None:
+            if publisher is None:
+                await warmer.run()
+                return
+            keeper = asyncio.create_task(publisher.keep_flag(), name=f"warm flag {warmer.name}")
+            try:
+                await warmer.run()
+            finally:
+                await cancel_and_wait([keeper])
+
+        return work
+
     def _start(self, name: str, endpoint: Endpoint) -> None:
-        warmer = self.build_warmer(name, endpoint)
+        publisher = self.publisher(name)
+        warmer = self.build_warmer(name, endpoint, publisher)
+        work = self._work(warmer, publisher)
         # The endpoint's series exist from the start (dashboards, alerts on rate()).
         self.metrics.warm_failures.labels(name)
         self.metrics.warm_duration.labels(name)
@@ -184,13 +212,11 @@ class Preloader:
                     self.token,
                 )
 
-            leadership = Leadership(
-                lock, warmer.run, ttl_s=self.settings.lock_ttl_s, on_change=changed
-            )
+            leadership = Leadership(lock, work, ttl_s=self.settings.lock_ttl_s, on_change=changed)
             self.metrics.leader.labels(name).set(0)
             task = asyncio.create_task(leadership.run(), name=f"leadership {name}")
         else:
-            task = asyncio.create_task(warmer.run(), name=f"sidecar {name}")
+            task = asyncio.create_task(work(), name=f"sidecar {name}")
         self.running[name] = _Running(endpoint.kind, warmer, leadership, task)
 
     def _stop(self, name: str) -> None:
@@ -231,30 +257,38 @@ class Preloader:
     # -- readiness ---------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """(ready, details): sidecar: its instance is warm; cluster: every endpoint it leads is."""
+        """(ready, details): sidecar: its instance is warm; cluster: every endpoint it works on
+        (leads, or warms alone while Redis is unreachable) is. Models that keep failing to load
+        are listed but do not hold readiness back (the warmers give up waiting for them)."""
         endpoints: dict[str, object] = {}
         ready = True
         reasons: list[str] = []
         for name, running in sorted(self.running.items()):
             status = running.warmer.status()
-            leading = running.leadership is None or running.leadership.leading
+            ld = running.leadership
+            working = ld is None or ld.leading or ld.solo
             endpoints[name] = {
-                "leading": leading,
-                "warm": status.warm if leading else None,
-                "reason": status.reason if leading else "another preloader leads this endpoint",
+                "leading": ld is None or ld.leading,
+                "solo": ld is not None and ld.solo,
+                "warm": status.warm if working else None,
+                "reason": status.reason if working else "another preloader leads this endpoint",
                 "models": status.models,
                 "wanted": status.wanted,
                 "instances": status.instances,
+                "failed": [
+                    {"instance": f.instance, "model": f.model, "reason": f.reason}
+                    for f in status.failures
+                ],
             }
-            if running.leadership is not None and not running.leadership.attempted:
+            if ld is not None and not ld.attempted:
                 ready = False
                 reasons.append(f"{name}: electing a leader")
-            elif running.leadership is not None and running.leadership.error is not None:
-                ready = False
-                reasons.append(f"{name}: {running.leadership.error}")
-            elif leading and not status.warm:
+            elif working and not status.warm:
                 ready = False
                 reasons.append(f"{name}: {status.reason}")
+            elif not working and ld is not None and ld.error is not None:
+                ready = False
+                reasons.append(f"{name}: {ld.error}")
         if not self.running:
             ready = False
             reasons.append("no endpoint to warm")

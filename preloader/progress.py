@@ -79,6 +79,21 @@ class Progress:
                 failure.reason,
             )
 
+    def gave_up(self, failure: WarmFailure, attempts: int) -> None:
+        """A model failed ``attempts`` loads in a row: reported, no longer waited for."""
+        if self.tty:
+            self._print(f"GAVE UP waiting after {attempts} attempts: {failure.line()}")
+        else:
+            log.warning(
+                "warm given up endpoint=%s instance=%s model=%s attempts=%d reason=%s "
+                "(still retried; no longer holds back readiness)",
+                failure.endpoint,
+                failure.instance,
+                failure.model,
+                attempts,
+                failure.reason,
+            )
+
     def summary(self, summary: Summary) -> None:
         if self.tty:
             self._print(summary.line())

@@ -9,8 +9,12 @@ recently used one under memory pressure; nothing can be loaded explicitly. So:
 - scale-out: poll ``DescribeEndpoint`` every ``describe_interval_s``; when the count grows, invoke the
   warm set again with the new count as concurrency per model;
 - keep-warm: re-invoke every model every ``keep_warm_interval_s`` (set it below the eviction horizon),
+  as many times as the endpoint has instances (each invocation refreshes one instance's LRU entry),
   starting at most ``keep_warm_max_rps`` invocations per second so keep-warm cannot overload the
   endpoint.
+
+A model that fails to load ``GIVE_UP_AFTER`` times in a row is reported but no longer holds back the
+warm flag; it is still retried, backing off.
 
 A model whose warm-up payload the model rejects (a 4xx from the container) did load: it counts as
 warm; the rejection is reported as a failure only when a sample was configured (without one the
@@ -33,17 +37,33 @@ from preloader.metrics import PreloaderMetrics
 from preloader.progress import Progress, Summary, WarmFailure
 from preloader.publish import WarmPublisher
 from preloader.warm_set import WarmModel, WarmSet, WarmSets
-from preloader.warmer import Warmer, WarmStatus
+from preloader.warmer import GIVE_UP_AFTER, Warmer, WarmStatus
 from router.backends.base import UpstreamRequest
 from router.backends.sagemaker import SageMakerBackend, SageMakerClients
 from router.errors import InvalidRequest, RouterError
-from router.loops import cancel_and_wait, reraise_if_cancelling
+from router.loops import reraise_if_cancelling
 from tenancy.models import SageMakerEndpoint
 from tenancy.text import plural
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
+
+
+class Pacer:
+    """Spaces the starts of invocations, shared by concurrent tasks, ``gap_s`` apart."""
+
+    def __init__(self, gap_s: float, clock: Callable[[], float]) -> None:
+        self.gap_s = gap_s
+        self._clock = clock
+        self._next = clock()
+
+    async def wait(self) -> None:
+        now = self._clock()
+        at = max(now, self._next)
+        self._next = at + self.gap_s
+        if at > now:
+            await asyncio.sleep(at - now)
 
 
 class SageMakerWarmer(Warmer):
@@ -76,6 +96,7 @@ class SageMakerWarmer(Warmer):
         self.instance_count = 0
         self.warm: dict[str, bool] = {}  # model -> its last invocation loaded it
         self.failures: dict[str, WarmFailure] = {}
+        self.attempts: dict[str, int] = {}  # model -> failed warm-ups in a row
         self.invocations = 0  # every warm-up and keep-warm invocation sent (observability)
         self.describe_error: str | None = None
         self._retry_at: dict[str, tuple[float, float]] = {}  # failed model -> (when, back-off)
@@ -101,8 +122,12 @@ class SageMakerWarmer(Warmer):
 
     # -- invocations ---------------------------------------------------------------------------
 
-    async def _invoke(self, backend: SageMakerBackend, model: WarmModel) -> tuple[bool, str | None]:
-        """One invocation: (the model loaded, what went wrong)."""
+    async def _invoke(
+        self, backend: SageMakerBackend, model: WarmModel, pace: Pacer | None = None
+    ) -> tuple[bool, str | None]:
+        """One invocation (after ``pace`` allows it): (the model loaded, what went wrong)."""
+        if pace is not None:
+            await pace.wait()
         self.invocations += 1
         request = UpstreamRequest(
             model=model.name,
@@ -130,17 +155,22 @@ class SageMakerWarmer(Warmer):
         limit: asyncio.Semaphore,
         *,
         keep_warm: bool = False,
+        pace: Pacer | None = None,
     ) -> None:
         async with limit:
             started = self._clock()
-            results = await asyncio.gather(*(self._invoke(backend, model) for _ in range(copies)))
+            results = await asyncio.gather(
+                *(self._invoke(backend, model, pace) for _ in range(copies))
+            )
             elapsed = self._clock() - started
         loaded = all(ok for ok, _ in results)
         problem = next((p for _, p in results if p is not None), None)
         self.warm[model.name] = loaded
         if loaded:
             self._retry_at.pop(model.name, None)
+            self.attempts.pop(model.name, None)
         else:
+            self.attempts[model.name] = self.attempts.get(model.name, 0) + 1
             previous = self._retry_at.get(model.name)
             backoff = self._check_interval_s if previous is None else previous[1] * 2
             backoff = min(backoff, MAX_BACKOFF_S)
@@ -157,6 +187,8 @@ class SageMakerWarmer(Warmer):
         self.failures[model.name] = failure
         self._metrics.warm_failures.labels(self.name).inc()
         self._progress.failed(failure)
+        if not loaded and self.attempts[model.name] == GIVE_UP_AFTER:
+            self._progress.gave_up(failure, GIVE_UP_AFTER)
 
     async def warm_models(self, models: Sequence[WarmModel], *, copies: int) -> None:
         """Invoke each of ``models`` ``copies`` times at once, ``preload.concurrency`` models at once."""
@@ -169,24 +201,20 @@ class SageMakerWarmer(Warmer):
         await asyncio.gather(*(self._warm_model(backend, m, copies, limit) for m in models))
 
     async def keep_warm(self) -> None:
-        """Re-invoke every warm-set model once, paced to ``keep_warm_max_rps``."""
+        """Re-invoke every warm-set model once per instance, paced to ``keep_warm_max_rps``."""
         endpoint = self._endpoint()
         if endpoint is None:
             return
         backend = self._backend_for(endpoint)
-        gap_s = 1.0 / endpoint.preload.keep_warm_max_rps
+        pace = Pacer(1.0 / endpoint.preload.keep_warm_max_rps, self._clock)
         limit = asyncio.Semaphore(endpoint.preload.concurrency)
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            for i, model in enumerate(self._warm_set.models):
-                if i:
-                    await asyncio.sleep(gap_s)
-                tasks.append(
-                    asyncio.create_task(self._warm_model(backend, model, 1, limit, keep_warm=True))
-                )
-            await asyncio.gather(*tasks)
-        finally:
-            await cancel_and_wait(tasks)
+        copies = max(self.instance_count, 1)
+        await asyncio.gather(
+            *(
+                self._warm_model(backend, m, copies, limit, keep_warm=True, pace=pace)
+                for m in self._warm_set.models
+            )
+        )
 
     async def describe(self) -> int | None:
         """The endpoint's instance count, or None when DescribeEndpoint fails."""
@@ -206,19 +234,28 @@ class SageMakerWarmer(Warmer):
 
     def status(self) -> WarmStatus:
         wanted = self._warm_set.names
-        cold = sorted(m for m in wanted if not self.warm.get(m))
+        not_loaded = sorted(m for m in wanted if not self.warm.get(m))
+        given_up = {m for m in not_loaded if self.attempts.get(m, 0) >= GIVE_UP_AFTER}
+        cold = [m for m in not_loaded if m not in given_up]
         failures = tuple(f for m, f in self.failures.items() if m in wanted)
         warm = self._passed and not cold
-        reason = (
-            f"{plural(len(wanted), 'model')} warm on {plural(self.instance_count, 'instance')}"
-            if warm
-            else f"not warm: {', '.join(cold) or 'not invoked yet'}"
-        )
+        if not warm:
+            reason = f"not warm: {', '.join(cold) or 'not invoked yet'}"
+        elif given_up:
+            reason = (
+                f"{len(wanted) - len(given_up)} of {plural(len(wanted), 'model')} warm on "
+                f"{plural(self.instance_count, 'instance')}; not waited for (failed "
+                f"{GIVE_UP_AFTER} times): {', '.join(sorted(given_up))}"
+            )
+        else:
+            reason = (
+                f"{plural(len(wanted), 'model')} warm on {plural(self.instance_count, 'instance')}"
+            )
         return WarmStatus(
             endpoint=self.name,
             warm=warm,
             reason=reason,
-            models=len(wanted) - len(cold),
+            models=len(wanted) - len(not_loaded),
             wanted=len(wanted),
             instances=self.instance_count,
             failures=failures,
@@ -233,7 +270,7 @@ class SageMakerWarmer(Warmer):
                 await self._publisher.publish(None, all_warm=status.warm)
             except (RedisError, OSError) as exc:
                 reraise_if_cancelling(exc)
-                log.warning("endpoint=%s cannot publish the warm flag: %r", self.name, exc)
+                self._publisher.failed(exc)
         if status.warm and not self._was_warm:
             self._progress.summary(
                 Summary(
@@ -256,6 +293,7 @@ class SageMakerWarmer(Warmer):
         self._warm_set = await self._warm_sets.get(self.name)
         for model in [m for m in self.warm if m not in self._warm_set.names]:
             self.warm.pop(model, None)
+            self.attempts.pop(model, None)
             self.failures.pop(model, None)
             self._retry_at.pop(model, None)
         now = self._clock()

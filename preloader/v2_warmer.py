@@ -28,7 +28,7 @@ from preloader.metrics import PreloaderMetrics
 from preloader.progress import Progress, Summary, WarmFailure
 from preloader.publish import WarmPublisher
 from preloader.warm_set import WarmModel, WarmSet, WarmSets
-from preloader.warmer import Warmer, WarmStatus
+from preloader.warmer import GIVE_UP_AFTER, Warmer, WarmStatus
 from router.backends.discovery import resolve_instances
 from router.backends.v2 import V2Instance, upstream_message
 from router.errors import RouterError
@@ -57,6 +57,7 @@ class InstanceState:
     error: str | None = None  # unreachable: why
     # model -> why it is not loaded (cleared once the index shows it READY)
     failures: dict[str, WarmFailure] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)  # model -> failed loads in a row
     # model -> (sample, failure): loaded, but the warm-up inference with this sample failed. Kept
     # while the model stays loaded with the same sample; the warm-up is not repeated (the sample is
     # configuration: fix it and the next load uses the new one).
@@ -179,6 +180,7 @@ class V2Warmer(Warmer):
         for model_name in list(state.failures):
             if model_name in ready or model_name not in samples:
                 del state.failures[model_name]
+                state.attempts.pop(model_name, None)
         for model_name, (sample, _) in list(state.warmup_failures.items()):
             if model_name not in ready or samples.get(model_name, b"") != sample:
                 del state.warmup_failures[model_name]
@@ -204,6 +206,7 @@ class V2Warmer(Warmer):
                 self._fail(state, model, f"load failed: {exc}")
                 return
             state.failures.pop(model.name, None)
+            state.attempts.pop(model.name, None)
             self._retry_at.pop((state.url, model.name), None)
             state.warmup_failures.pop(model.name, None)
             reason = await self._warm_up(instance, model)
@@ -241,6 +244,9 @@ class V2Warmer(Warmer):
         if retry:
             # Not loaded: try again later, backing off (a missing model must not spam the logs).
             state.failures[model.name] = failure
+            attempts = state.attempts[model.name] = state.attempts.get(model.name, 0) + 1
+            if attempts == GIVE_UP_AFTER:
+                self._progress.gave_up(failure, attempts)
             key = (state.url, model.name)
             previous = self._retry_at.get(key)
             backoff = self._check_interval_s if previous is None else previous[1] * 2
@@ -260,9 +266,15 @@ class V2Warmer(Warmer):
 
     # -- the endpoint ------------------------------------------------------------------------
 
+    @staticmethod
+    def given_up(state: InstanceState) -> set[str]:
+        """Models that failed to load ``GIVE_UP_AFTER`` times in a row there: not waited for."""
+        return {m for m, n in state.attempts.items() if n >= GIVE_UP_AFTER and m in state.failures}
+
     def status(self) -> WarmStatus:
         wanted = self._warm_set.names
         states = list(self.states.values())
+        abandoned: list[str] = []
         reachable = [s for s in states if s.error is None]
         # Warm everywhere that answers; nothing is warm when no instance answers at all.
         everywhere = set(wanted) if reachable else set()
@@ -281,7 +293,9 @@ class V2Warmer(Warmer):
             else:
                 failures.extend(state.failures.values())
                 failures.extend(f for _, f in state.warmup_failures.values())
-                lacking = sorted(wanted - state.ready)
+                given_up = self.given_up(state) & wanted
+                abandoned.extend(f"{m} on {state.url}" for m in sorted(given_up))
+                lacking = sorted(wanted - state.ready - given_up)
                 if lacking:
                     reasons.append(f"{state.url} lacks {', '.join(lacking)}")
         if not states:
@@ -289,6 +303,12 @@ class V2Warmer(Warmer):
         warm = not reasons
         if warm:
             reason = f"{plural(len(wanted), 'model')} warm on {plural(len(states), 'instance')}"
+            if abandoned:
+                reason = (
+                    f"{len(everywhere)} of {plural(len(wanted), 'model')} warm on "
+                    f"{plural(len(states), 'instance')}; not waited for (failed {GIVE_UP_AFTER} "
+                    f"times): {', '.join(abandoned)}"
+                )
         else:
             reason = "; ".join(reasons)
         return WarmStatus(
@@ -316,7 +336,7 @@ class V2Warmer(Warmer):
                 await self._publisher.publish(entries, all_warm=flag, keep=pending)
             except (RedisError, OSError) as exc:
                 reraise_if_cancelling(exc)
-                log.warning("endpoint=%s cannot publish the warm map: %r", self.name, exc)
+                self._publisher.failed(exc)
         if status.warm and not self._was_warm and self._cold_since is not None:
             self._progress.summary(
                 Summary(

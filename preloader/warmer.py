@@ -9,6 +9,11 @@ from dataclasses import dataclass
 
 from preloader.progress import WarmFailure
 
+# After this many failed loads in a row a model is reported, not waited for: it no longer holds back
+# the warm flag or the sidecar's /ready (one tenant's typo must not keep a tier out of service). It is
+# still retried, backing off.
+GIVE_UP_AFTER = 3
+
 
 @dataclass(frozen=True, slots=True)
 class WarmStatus:
