@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 
 from bench import config as cfg
-from bench import global_limit, pipeline, sagemaker_clients
+from bench import global_limit, pipeline, rollout, sagemaker_clients
 from bench.cpu import CpuMeter, CpuUsage
 from bench.load import LoadResult, LoadSpec, UnitMode
 from bench.procs import Processes, Server, handle_stop_signals
@@ -402,6 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(limit.markdown())
         (args.results / "global_limit.md").write_text(limit.markdown())
+        # What a progressive rollout adds to a request (issue 12): target < 5 µs, no round trip.
+        rolling = rollout.measure(
+            args.redis_url,
+            requests=20_000 if args.quick else 200_000,
+            repeats=1 if args.quick else 5,
+        )
+        print(rolling.markdown())
+        (args.results / "rollout.md").write_text(rolling.markdown())
     return 0
 
 

@@ -38,7 +38,6 @@ from router.redis_warmup import warm_pool
 from router.rollout import admin as rollout_admin
 from router.rollout.apply import RouteWeights
 from router.rollout.controller import RolloutController
-from router.rollout.metrics import RolloutMetrics
 from router.rollout.store import RolloutStore
 from router.routing import (
     BackendFactory,
@@ -127,7 +126,7 @@ async def _routing(app: web.Application) -> AsyncIterator[None]:
     weights = RouteWeights(state)
     rollout = RolloutController(
         RolloutStore(redis),
-        RolloutMetrics(metrics.registry),
+        metrics.rollout,
         weights,
         on_redis_error=metrics.redis_errors.inc,
         interval_s=settings.rollout_interval_s,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from router.rollout.metrics import RolloutMetrics
+
 # Sub-millisecond resolution matters: the router's own overhead is a fraction of a millisecond.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -108,6 +110,8 @@ class RouterMetrics:
         self.shadow_in_flight = Gauge(
             "router_shadow_in_flight", "Shadow copies running", ["tenant"], registry=r
         )
+        # Progressive rollout (router/rollout/).
+        self.rollout = RolloutMetrics(r)
         # Pre-create the label sets that must exist from the start (dashboards, alerts).
         for result in ("ok", "error"):
             self.config_reloads.labels(result)

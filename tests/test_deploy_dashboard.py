@@ -43,6 +43,8 @@ REQUIRED = {
     "router_config_reloads_total",
     "router_cold_starts_total",
     "router_model_loads_total",
+    "router_rollout_weight",
+    "router_rollout_events_total",
     "preloader_models_warm",
     "preloader_warm_duration_seconds",
     "preloader_warm_failures_total",

@@ -214,6 +214,7 @@ class RolloutController:
         )
         if seq is None:
             return None  # another replica did it first: read it next tick
+        run.counter.drain()
         log.info(
             "rollout tenant=%s experiment=%s started steps=%s reason=%s",
             run.tenant,
@@ -246,6 +247,7 @@ class RolloutController:
         )
         if seq is None:
             return False  # another replica changed it first
+        run.counter.drain()  # counted under the old step: not the new window's
         new = RolloutState(
             run.fingerprint, seq, change.step, change.status, state.since, change.reason
         )
