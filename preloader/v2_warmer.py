@@ -1,9 +1,13 @@
 """Warms every instance of a v2 (Open Inference Protocol) endpoint and publishes what is warm where.
 
-Per instance, one check at a time: read the repository index; load the warm-set models that are
-not READY (at most ``preload.concurrency`` at once, never past ``capacity.max_models`` models on
-the instance), run one warm-up inference each where a sample is configured, and read the index
-again. Only models the index then shows READY are published for that instance, so the router
+Each pass computes the endpoint's placement (``router.placement``: which instances hold which
+warm-set model) from the warm set, its recent traffic and the instances seen. Per instance, one check
+at a time: read the repository index; unload what the placement no longer wants there
+(``preloader.instance_plan``: moved copies once their new holders are ready, idle on-demand models,
+others for room); load the models placed there that are not READY (at most
+``preload.concurrency`` at once, never past ``capacity.max_models`` models on the instance), run one
+warm-up inference each where a sample is configured, and read the index again. Only models the
+index then shows READY (and not being retired) are published for that instance, so the router
 (``InstancePicker``) never prefers an instance for a model before the model is loaded there.
 
 The watch loop re-checks every instance each ``check_interval_s``: a new instance (scale-out) is
@@ -24,6 +28,7 @@ import aiohttp
 import orjson
 from redis.exceptions import RedisError
 
+from preloader.instance_plan import InstanceView, Plan, plan
 from preloader.metrics import PreloaderMetrics
 from preloader.progress import Progress, Summary, WarmFailure
 from preloader.publish import WarmPublisher
@@ -33,7 +38,8 @@ from router.backends.discovery import resolve_instances
 from router.backends.v2 import V2Instance, upstream_message
 from router.errors import RouterError
 from router.loops import cancel_and_wait, reraise_if_cancelling
-from tenancy.models import V2Endpoint
+from router.placement import ModelDemand, Placement, place
+from tenancy.models import PlacementPolicy, V2Endpoint
 from tenancy.text import plural
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,17 @@ class InstanceState:
     # configuration: fix it and the next load uses the new one).
     warmup_failures: dict[str, tuple[bytes | None, WarmFailure]] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    ours: set[str] = field(default_factory=set)  # placed here by this preloader (moves are ours)
+    retiring: dict[str, float] = field(default_factory=dict)  # model -> unpublished since
+    seen: dict[str, float] = field(default_factory=dict)  # model -> first seen READY here
+
+    @property
+    def published(self) -> frozenset[str]:
+        return self.ready - self.retiring.keys() if self.retiring else self.ready
+
+
+# A sidecar knows only its own instance: it loads the warm set there, as much as fits.
+SIDECAR_POLICY = PlacementPolicy(mode="replicate", headroom=0.0)
 
 
 class V2Warmer(Warmer):
@@ -100,6 +117,8 @@ class V2Warmer(Warmer):
         self._resolved_at: float | None = None
         self._retry_at: dict[tuple[str, str], tuple[float, float]] = {}  # -> (when, backoff)
         self._warm_set = WarmSet(name, ())
+        self.placement = Placement("spread", {}, ())
+        self._active: frozenset[str] | None = None  # models with recent traffic; None: unknown
         self._cold_since: float | None = self._clock()
         self._failures_since = 0
         self._was_warm = False
@@ -155,16 +174,23 @@ class V2Warmer(Warmer):
         if lost:
             # Restarted empty, or models evicted: stop vouching for them before re-warming.
             await self._publish()
-        missing = [m for m in warm_set.models if m.name not in ready]
-        capacity = endpoint.capacity.max_models
-        room = len(missing) if capacity is None else max(0, capacity - len(ready))
         now = self._clock()
-        for model in missing[room:]:
-            if model.name not in state.failures:
+        steps = self._plan(state, endpoint, now)
+        if steps.retire:
+            state.retiring.update(dict.fromkeys(steps.retire, now))
+            await self._publish()
+        if steps.unload:
+            ready = await self._unload(instance, state, steps, now)
+            if state.error is not None:
+                return
+        by_name = {m.name: m for m in (*warm_set.models, *warm_set.over_capacity)}
+        capacity = endpoint.capacity.max_models
+        for name in steps.short:
+            if name not in state.failures and name in by_name:
                 reason = f"instance at capacity: holds {plural(len(ready), 'model')}, max_models is {capacity}"
-                state.failures[model.name] = WarmFailure(self.name, state.url, model.name, reason)
-                self._progress.failed(state.failures[model.name])
-        todo = [m for m in missing[:room] if self._due(state.url, m.name, now)]
+                state.failures[name] = WarmFailure(self.name, state.url, name, reason)
+                self._progress.failed(state.failures[name])
+        todo = [by_name[n] for n in steps.load if n in by_name and self._due(state.url, n, now)]
         if todo:
             limit = asyncio.Semaphore(endpoint.preload.concurrency)
             await asyncio.gather(*(self._warm_model(instance, state, m, limit) for m in todo))
@@ -176,9 +202,11 @@ class V2Warmer(Warmer):
             for model in todo:
                 if model.name not in ready and model.name not in state.failures:
                     self._fail(state, model, "loaded, but the repository index does not say READY")
-        samples = {m.name: m.sample for m in warm_set.models}
+        samples = {m.name: m.sample for m in (*warm_set.models, *warm_set.over_capacity)}
+        placed_here = self.placement.models_on(state.url)
+        state.ours = set(placed_here) | (state.ours & ready)
         for model_name in list(state.failures):
-            if model_name in ready or model_name not in samples:
+            if model_name in ready or model_name not in placed_here:
                 del state.failures[model_name]
                 state.attempts.pop(model_name, None)
         for model_name, (sample, _) in list(state.warmup_failures.items()):
@@ -186,6 +214,73 @@ class V2Warmer(Warmer):
                 del state.warmup_failures[model_name]
         state.ready = ready
         state.checked = True
+        now = self._clock()
+        for model_name in ready:
+            state.seen.setdefault(model_name, now)
+        for model_name in list(state.seen):
+            if model_name not in ready:
+                del state.seen[model_name]
+        for model_name in list(state.retiring):
+            if model_name not in ready or model_name in placed_here:
+                del state.retiring[model_name]
+
+    def _plan(self, state: InstanceState, endpoint: V2Endpoint, now: float) -> Plan:
+        placement = self.placement
+
+        def moved(model: str) -> bool | None:
+            """None: not placed on another instance; else whether every new holder has it."""
+            holders = [h for h in placement.holders.get(model, ()) if h != state.url]
+            if not holders:
+                return None
+            return all(
+                (other := self.states.get(h)) is not None and model in other.ready for h in holders
+            )
+
+        view = InstanceView(
+            ready=state.ready,
+            placed=[m for m in placement.holders if state.url in placement.holders[m]],
+            ours=state.ours,
+            retiring=state.retiring,
+            seen=state.seen,
+        )
+        return plan(
+            view,
+            now=now,
+            capacity=endpoint.capacity.max_models,
+            moved=moved,
+            active=self._active,
+            idle_s=endpoint.placement.unload_idle_s,
+            grace_s=self._check_interval_s,
+        )
+
+    async def _unload(
+        self, instance: V2Instance, state: InstanceState, steps: Plan, now: float
+    ) -> frozenset[str]:
+        """Unload what the plan says; what is READY afterwards."""
+        for model, reason in steps.unload:
+            try:
+                await instance.unload(model)
+            except TRANSPORT_ERRORS as exc:
+                log.warning(
+                    "endpoint=%s instance=%s cannot unload %s: %s", self.name, state.url, model, exc
+                )
+                continue
+            self._metrics.unloads.labels(self.name, reason).inc()
+            self._metrics.age_at_unload.labels(self.name).observe(now - state.seen.get(model, now))
+            state.retiring.pop(model, None)
+            state.ours.discard(model)
+            self._progress.note(
+                "model unloaded endpoint=%s instance=%s model=%s reason=%s",
+                self.name,
+                state.url,
+                model,
+                reason,
+            )
+        try:
+            return await self._ready_models(instance)
+        except TRANSPORT_ERRORS as exc:
+            self._unreachable(state, exc)
+            return frozenset()
 
     def _due(self, url: str, model: str, now: float) -> bool:
         retry = self._retry_at.get((url, model))
@@ -272,14 +367,18 @@ class V2Warmer(Warmer):
         return {m for m, n in state.attempts.items() if n >= GIVE_UP_AFTER and m in state.failures}
 
     def status(self) -> WarmStatus:
-        wanted = self._warm_set.names
+        placement = self.placement
+        wanted = frozenset(placement.holders)
         states = list(self.states.values())
         abandoned: list[str] = []
-        reachable = [s for s in states if s.error is None]
-        # Warm everywhere that answers; nothing is warm when no instance answers at all.
-        everywhere = set(wanted) if reachable else set()
-        for state in reachable:
-            everywhere &= state.ready
+        up = {s.url: s.ready for s in states if s.error is None}
+        # Warm: on every reachable instance the placement puts it on; nothing is warm when no
+        # instance answers at all.
+        everywhere = {
+            m
+            for m, holders in placement.holders.items()
+            if up and all(m in up[h] for h in holders if h in up)
+        }
         failures: list[WarmFailure] = []
         reasons: list[str] = []
         for state in states:
@@ -293,9 +392,10 @@ class V2Warmer(Warmer):
             else:
                 failures.extend(state.failures.values())
                 failures.extend(f for _, f in state.warmup_failures.values())
-                given_up = self.given_up(state) & wanted
+                placed_here = placement.models_on(state.url)
+                given_up = self.given_up(state) & placed_here
                 abandoned.extend(f"{m} on {state.url}" for m in sorted(given_up))
-                lacking = sorted(wanted - state.ready - given_up)
+                lacking = sorted(placed_here - state.ready - given_up)
                 if lacking:
                     reasons.append(f"{state.url} lacks {', '.join(lacking)}")
         if not states:
@@ -328,7 +428,7 @@ class V2Warmer(Warmer):
         self._metrics.instances.labels(self.name).set(status.instances)
         if self._publisher is not None:
             entries = {
-                s.url: s.ready for s in self.states.values() if s.checked and s.error is None
+                s.url: s.published for s in self.states.values() if s.checked and s.error is None
             }
             pending = [s.url for s in self.states.values() if not s.checked]
             flag = True if status.warm else (None if pending else False)
@@ -361,6 +461,13 @@ class V2Warmer(Warmer):
             return None
         self._warm_set = await self._warm_sets.get(self.name)
         urls = await self._urls(endpoint)
+        # Unreachable instances hold nothing: their models are placed on the others (healing).
+        up = [u for u in urls if (st := self.states.get(u)) is None or st.error is None]
+        self.placement = self._place(endpoint, up)
+        self._metrics.placed_models.labels(self.name).set(len(self.placement.holders))
+        self._metrics.copies.labels(self.name).set(self.placement.copies)
+        if self._fixed is None:
+            self._active = await self._warm_sets.active(self.name, endpoint.placement.unload_idle_s)
         for url in [u for u in self.states if u not in urls]:
             state = self.states.pop(url)
             self._instances.pop(url, None)
@@ -376,6 +483,15 @@ class V2Warmer(Warmer):
                 self.states[url] = InstanceState(url)
         self._refreshed = True
         return endpoint, urls
+
+    def _place(self, endpoint: V2Endpoint, urls: Sequence[str]) -> Placement:
+        warm_set = self._warm_set
+        demand = [
+            ModelDemand(m.name, demand=m.traffic, priority=m.priority, size_bytes=m.size_bytes)
+            for m in (*warm_set.models, *warm_set.over_capacity)
+        ]
+        policy = SIDECAR_POLICY if self._fixed is not None else endpoint.placement
+        return place(demand, dict.fromkeys(urls, endpoint.capacity), policy)
 
     async def warm_once(self) -> WarmStatus:
         refreshed = await self._refresh()

@@ -20,6 +20,7 @@ Rules (SPEC "Preloading"):
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -196,6 +197,19 @@ class WarmSets:
                 counts = cached[1] if cached is not None else Counter()
         self._traffic[endpoint] = (now, counts)
         return counts
+
+    async def active(self, endpoint: str, within_s: float) -> frozenset[str] | None:
+        """Models with a request in the last ``within_s`` (whole minutes, rounded up); None when
+        Redis cannot tell (then nothing counts as idle)."""
+        if self._redis is None:
+            return None
+        minutes = max(1, math.ceil(within_s / 60))
+        try:
+            counts = await recent_traffic(self._redis, endpoint, minutes=minutes)
+        except (RedisError, OSError) as exc:
+            reraise_if_cancelling(exc)
+            return None
+        return frozenset(m for m, n in counts.items() if n > 0)
 
     async def get(self, endpoint: str) -> WarmSet:
         return build_warm_set(self._snapshot(), endpoint, await self.traffic(endpoint))

@@ -132,4 +132,4 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault(STEP_MODULES_ENV, "examples.,tests.")
 
 
-pytest_plugins = ("tests.router_fixtures", "tests.scaleout_fixtures")
+pytest_plugins = ("tests.router_fixtures", "tests.scaleout_fixtures", "tests.placement_fixtures")
