@@ -45,7 +45,7 @@ def mlserver_pair(
         for name in ("a", "b"):
             instances.append(mls.start_mlserver(models_dir, base / name, wait=False))
         for instance in instances:
-            instance.wait_ready()
+            instance.wait_ready(timeout=180.0)  # a loaded shared machine starts MLServer slowly
         yield instances[0], instances[1]
     finally:
         for instance in instances:

@@ -159,7 +159,14 @@ async def test_capacity_and_opt_out(
     only opted-out tenants reference is not loaded; one an enabled tenant shares stays."""
     cfg = ConfigDir(tmp_path / "cfg")
     cfg.endpoints(
-        {"mme": v2_endpoint([m.url for m in fresh_mlservers], capacity={"max_models": 2})}
+        {
+            "mme": v2_endpoint(
+                [m.url for m in fresh_mlservers],
+                capacity={"max_models": 2},
+                # Today's behaviour: every instance the same models, up to max_models.
+                placement={"mode": "replicate", "headroom": 0},
+            )
+        }
     )
     cfg.tenant("low", endpoint="mme", model="iris-lr", preload={"priority": 1})
     cfg.tenant("high", endpoint="mme", model="iris-tree", preload={"priority": 10})
