@@ -50,6 +50,7 @@ class WarmPublisher:
         *,
         all_warm: bool | None,
         keep: Collection[str] = (),
+        placed: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         """Write the endpoint's warm state.
 
@@ -57,6 +58,7 @@ class WarmPublisher:
         in ``keep`` (instances not checked yet: their last entry stands until it is replaced or goes
         stale). None: no map at all (sagemaker). ``all_warm``: set the flag, delete it, or (None)
         leave it as it is (not known yet: a new leader must not flip the router's readiness).
+        ``placed``: URL -> models the placement puts there (the router may unload the others).
         """
         map_key = warm_map_key(self.endpoint)
         flag_key = warm_flag_key(self.endpoint)
@@ -72,7 +74,10 @@ class WarmPublisher:
                 if instances:
                     pipe.hset(
                         map_key,
-                        mapping={url: encode_entry(m, now) for url, m in instances.items()},
+                        mapping={
+                            url: encode_entry(m, now, (placed or {}).get(url, ()))
+                            for url, m in instances.items()
+                        },
                     )
                     pipe.expire(map_key, MAP_EXPIRE_S)
                 if all_warm:

@@ -118,6 +118,7 @@ class V2Warmer(Warmer):
         self._retry_at: dict[tuple[str, str], tuple[float, float]] = {}  # -> (when, backoff)
         self._warm_set = WarmSet(name, ())
         self.placement = Placement("spread", {}, ())
+        self._listed: list[str] = []  # the instances as last listed (config or discovery)
         self._active: frozenset[str] | None = None  # models with recent traffic; None: unknown
         self._cold_since: float | None = self._clock()
         self._failures_since = 0
@@ -169,6 +170,8 @@ class V2Warmer(Warmer):
         if state.error is not None:
             self._progress.note("instance back endpoint=%s instance=%s", self.name, state.url)
             state.error = None
+            # It holds its share again: place now rather than at the next pass.
+            self.placement = self._place(endpoint, self._up(self._listed))
         lost = state.ready - ready
         state.ready, state.checked = ready, True
         if lost:
@@ -372,6 +375,7 @@ class V2Warmer(Warmer):
         states = list(self.states.values())
         abandoned: list[str] = []
         up = {s.url: s.ready for s in states if s.error is None}
+        unplaced = [u for u in up if u not in placement.instances]
         # Warm: on every reachable instance the placement puts it on; nothing is warm when no
         # instance answers at all.
         everywhere = {
@@ -400,6 +404,8 @@ class V2Warmer(Warmer):
                     reasons.append(f"{state.url} lacks {', '.join(lacking)}")
         if not states:
             reasons.append("no instances" if self._refreshed else "instances not listed yet")
+        if unplaced:
+            reasons.append(f"placement pending for {', '.join(sorted(unplaced))}")
         warm = not reasons
         if warm:
             reason = f"{plural(len(wanted), 'model')} warm on {plural(len(states), 'instance')}"
@@ -433,7 +439,8 @@ class V2Warmer(Warmer):
             pending = [s.url for s in self.states.values() if not s.checked]
             flag = True if status.warm else (None if pending else False)
             try:
-                await self._publisher.publish(entries, all_warm=flag, keep=pending)
+                placed = {url: self.placement.models_on(url) for url in entries}
+                await self._publisher.publish(entries, all_warm=flag, keep=pending, placed=placed)
             except (RedisError, OSError) as exc:
                 reraise_if_cancelling(exc)
                 self._publisher.failed(exc)
@@ -461,9 +468,8 @@ class V2Warmer(Warmer):
             return None
         self._warm_set = await self._warm_sets.get(self.name)
         urls = await self._urls(endpoint)
-        # Unreachable instances hold nothing: their models are placed on the others (healing).
-        up = [u for u in urls if (st := self.states.get(u)) is None or st.error is None]
-        self.placement = self._place(endpoint, up)
+        self._listed = list(urls)
+        self.placement = self._place(endpoint, self._up(urls))
         self._metrics.placed_models.labels(self.name).set(len(self.placement.holders))
         self._metrics.copies.labels(self.name).set(self.placement.copies)
         if self._fixed is None:
@@ -483,6 +489,10 @@ class V2Warmer(Warmer):
                 self.states[url] = InstanceState(url)
         self._refreshed = True
         return endpoint, urls
+
+    def _up(self, urls: Sequence[str]) -> list[str]:
+        # Unreachable instances hold nothing: their models are placed on the others (healing).
+        return [u for u in urls if (st := self.states.get(u)) is None or st.error is None]
 
     def _place(self, endpoint: V2Endpoint, urls: Sequence[str]) -> Placement:
         warm_set = self._warm_set

@@ -184,6 +184,7 @@ def create_app(settings: Settings, *, metrics: RouterMetrics | None = None) -> w
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/v1/admin/tenants", ops.list_tenants)
+    app.router.add_get("/v1/admin/endpoints", ops.list_endpoints)
     app.router.add_get("/v1/admin/tenants/{tenant}/assignment", ops.assignment)
     app.router.add_post("/v1/admin/reload", ops.reload)
     app.router.add_get("/v1/admin/tenants/{tenant}/rollout", rollout_admin.show)

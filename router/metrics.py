@@ -60,6 +60,12 @@ class RouterMetrics:
             ["endpoint", "reason"],
             registry=r,
         )
+        self.ondemand_loads = Counter(
+            "router_ondemand_loads",
+            "Models the router loaded on demand (held nowhere, or not where the request went)",
+            ["endpoint"],
+            registry=r,
+        )
         self.config_generation = Gauge(
             "router_config_generation", "Generation of the serving config snapshot", registry=r
         )

@@ -10,8 +10,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from router.backends.v2 import V2Backend
 from router.errors import InvalidRequest, NotFound, NotReady, TenantNotFound, Unauthorized
-from router.keys import ASSIGNER, CONFIG, METRICS, REDIS, SETTINGS, STATE
+from router.keys import ASSIGNER, BACKENDS, CONFIG, METRICS, REDIS, SETTINGS, STATE
 from router.routing import TenantRoute
 from router.warm_map import warm_flag_key
 
@@ -106,6 +107,34 @@ async def list_tenants(request: web.Request) -> web.Response:
             "tenants": {tid: _describe(route) for tid, route in table.routes.items()},
         }
     )
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    """Per endpoint, its instances and (v2, from the preloader's warm map) the models each holds:
+    ``models`` READY there, ``placed`` those the placement puts there (the rest are on-demand
+    loads), ``outstanding`` requests this router has in flight there."""
+    _require_admin(request)
+    table = request.app[STATE].table
+    warm_map = request.app[BACKENDS].warm_map
+    endpoints: dict[str, Any] = {}
+    for name, backend in sorted(table.backends.items()):
+        described = backend.describe()
+        if isinstance(backend, V2Backend):
+            instances = []
+            for instance in backend.instances:
+                holding = warm_map.holding(name, instance.url) if warm_map else None
+                instances.append(
+                    {
+                        "url": instance.url,
+                        "models": sorted(holding.models) if holding else [],
+                        "placed": sorted(holding.placed) if holding else [],
+                        "outstanding": instance.outstanding,
+                        "published": holding is not None,
+                    }
+                )
+            described["instances"] = instances
+        endpoints[name] = described
+    return json_response({"generation": table.snapshot.generation, "endpoints": endpoints})
 
 
 async def assignment(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from router.assignment import ExperimentPlan
 from router.backends.base import Backend
 from router.backends.sagemaker import SageMakerBackend, SageMakerClients
 from router.backends.v2 import InstancePicker, V2Backend, V2Instance
+from router.backends.v2_placement import PlacementPicker
 from router.global_rate import GlobalRates
 from router.limits import LimitSpec, RateGate, TenantLimiter
 from router.metrics import RouterMetrics
@@ -102,21 +103,36 @@ class BackendFactory:
                 return V2Instance(url, self.session, timeout=timeout)
 
             warm_map = self.warm_map
-            picker = InstancePicker(
-                (lambda model: warm_map.instances_for(name, model)) if warm_map else None
-            )
-            loads = self.metrics.model_loads
+            loads, ondemand = self.metrics.model_loads, self.metrics.ondemand_loads
             retries = self.metrics.upstream_retries
+            ondemand.labels(name)
+
+            def loaded(_instance: str, model: str) -> None:
+                loads.labels(name, model).inc()
+                ondemand.labels(name).inc()
+
+            picker: InstancePicker = InstancePicker()
+            make_room = None
+            if warm_map is not None:
+                capacity = endpoint.capacity.max_models
+                placement = PlacementPicker(
+                    endpoint=name,
+                    warm=lambda model: warm_map.instances_for(name, model),
+                    holding=lambda url: warm_map.holding(name, url),
+                    capacity=lambda: capacity,
+                )
+                picker, make_room = placement, placement.make_room
             return V2Backend(
                 name,
                 [make(url) for url in endpoint.instances],
                 attempt_timeout_s=timeout_s,
                 picker=picker,
-                on_load=lambda _instance, model: loads.labels(name, model).inc(),
+                on_load=loaded,
                 discovery=endpoint.discovery,
                 make_instance=make,
                 failure_log=self.failure_log,
                 on_retry=lambda reason: retries.labels(name, reason).inc(),
+                make_room=make_room,
             )
         assert isinstance(endpoint, SageMakerEndpoint)
         return SageMakerBackend(

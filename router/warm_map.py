@@ -3,8 +3,10 @@
 Contract (written by ``preloader``, read here; key names in ``router.redis_keys``):
 
 - ``wr:warmmap:{endpoint}`` — a hash: field = instance base URL, value = JSON
-  ``{"models": [...], "ts": <unix seconds>}``; entries older than ``STALE_AFTER_S`` are ignored
-  (a dead preloader must not pin traffic to a stale picture).
+  ``{"models": [...], "placed": [...], "ts": <unix seconds>}``: the models READY there and, of all
+  models on the instance, those the placement puts there (the router may unload the others to make
+  room for an on-demand load); entries older than ``STALE_AFTER_S`` are ignored (a dead preloader
+  must not pin traffic to a stale picture).
 - ``wr:warm:{endpoint}`` — ``"1"`` while the endpoint's whole warm set is warm on every instance
   (with a TTL the preloader refreshes); the router's ``/readyz --wait-for-warm`` reads it.
 - ``wr:traffic:{endpoint}:{minute}`` — a hash model -> requests in that minute (router writes).
@@ -16,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import orjson
 from redis.exceptions import RedisError
@@ -31,8 +34,32 @@ log = logging.getLogger(__name__)
 STALE_AFTER_S = 30.0
 
 
-def encode_entry(models: Iterable[str], now: float) -> bytes:
-    return orjson.dumps({"models": sorted(models), "ts": now})
+def encode_entry(models: Iterable[str], now: float, placed: Iterable[str] = ()) -> bytes:
+    return orjson.dumps({"models": sorted(models), "placed": sorted(placed), "ts": now})
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """One instance as published: what is READY there, and what the placement puts there."""
+
+    models: frozenset[str]
+    placed: frozenset[str]
+
+
+def decode_instances(raw: Mapping[bytes, bytes], now: float) -> dict[str, Holding]:
+    """instance -> its holding, from one HGETALL; stale or garbled entries skipped."""
+    found: dict[str, Holding] = {}
+    for field, value in raw.items():
+        try:
+            entry = orjson.loads(value)
+            if now - float(entry["ts"]) > STALE_AFTER_S:
+                continue
+            models = frozenset(str(m) for m in entry["models"])
+            placed = frozenset(str(m) for m in entry.get("placed", ()))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            continue
+        found[field.decode()] = Holding(models, placed)
+    return found
 
 
 def decode_map(raw: Mapping[bytes, bytes], now: float) -> dict[str, frozenset[str]]:
@@ -67,6 +94,7 @@ class WarmMap:
         self._clock = clock
         self._endpoints: tuple[str, ...] = ()
         self.warm: dict[str, dict[str, frozenset[str]]] = {}  # endpoint -> model -> instances
+        self.holdings: dict[str, dict[str, Holding]] = {}  # endpoint -> instance -> holding
 
     def track(self, endpoints: Iterable[str]) -> None:
         self._endpoints = tuple(endpoints)
@@ -74,10 +102,13 @@ class WarmMap:
     def instances_for(self, endpoint: str, model: str) -> frozenset[str]:
         return self.warm.get(endpoint, {}).get(model, frozenset())
 
+    def holding(self, endpoint: str, instance: str) -> Holding | None:
+        return self.holdings.get(endpoint, {}).get(instance)
+
     async def refresh(self) -> None:
         endpoints = self._endpoints
         if not endpoints:
-            self.warm = {}
+            self.warm, self.holdings = {}, {}
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for endpoint in endpoints:
@@ -85,6 +116,9 @@ class WarmMap:
             results = await pipe.execute()
         now = self._clock()
         self.warm = {e: decode_map(raw, now) for e, raw in zip(endpoints, results, strict=True)}
+        self.holdings = {
+            e: decode_instances(raw, now) for e, raw in zip(endpoints, results, strict=True)
+        }
 
     async def run(self) -> None:
         while True:

@@ -11,7 +11,7 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -90,6 +90,8 @@ class V2Instance:
         # Passive health (router/backends/ejection.py): consecutive failures, ejected until when.
         self.failures = 0
         self.ejected_until = 0.0
+        self.outstanding = 0  # requests in flight here (placement spreads by it)
+        self.last_used: dict[str, float] = {}  # model -> monotonic time of its last request here
 
     def __repr__(self) -> str:
         return f"V2Instance({self.url})"
@@ -237,6 +239,7 @@ class V2Backend(Backend):
         ejector: Ejector | None = None,
         failure_log: FailureLog | None = None,
         on_retry: Callable[[str], None] | None = None,
+        make_room: Callable[[V2Instance, str], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.instances: list[V2Instance] = list(instances)
@@ -246,6 +249,7 @@ class V2Backend(Backend):
         self._on_load = on_load
         self.discovery = discovery
         self._make_instance = make_instance
+        self._make_room = make_room
         self._discovery_task: asyncio.Task[None] | None = None
         self.retry_budget = retry_budget or RetryBudget()
         self.ejector = ejector or Ejector()
@@ -306,7 +310,9 @@ class V2Backend(Backend):
         key = (instance.url, model)
         task = self._loads.get(key)
         if task is None:
-            task = asyncio.create_task(instance.load(model), name=f"load {model} on {instance.url}")
+            task = asyncio.create_task(
+                self._load(instance, model), name=f"load {model} on {instance.url}"
+            )
             self._loads[key] = task
             task.add_done_callback(lambda t: self._load_done(key, t))
             if self._on_load is not None:
@@ -321,6 +327,11 @@ class V2Backend(Backend):
         self._loads.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have left (deadline) before it ended
+
+    async def _load(self, instance: V2Instance, model: str) -> None:
+        if self._make_room is not None:
+            await self._make_room(instance, model)
+        await instance.load(model)
 
     async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
         if self.on_request is not None:
@@ -417,6 +428,8 @@ class V2Backend(Backend):
     ) -> UpstreamResponse:
         cold = False
         model, body, deadline = request.model, request.body, request.deadline
+        instance.outstanding += 1
+        instance.last_used[model] = time.monotonic()
         try:
             status, answer, content_type = await instance.infer(
                 model, body, headers, self._timeout(deadline)
@@ -440,6 +453,8 @@ class V2Backend(Backend):
                 ) from exc
             self._log_failure(instance, request, "broken_answer", "-", str(exc))
             raise UpstreamError(f"endpoint {self.name!r} failed: {exc}") from exc
+        finally:
+            instance.outstanding -= 1
         if status == 200:
             return UpstreamResponse(answer, content_type, cold_start=cold, instance=instance.url)
         self._refuse(instance, request, status, answer)
