@@ -314,7 +314,7 @@ async def test_sidecar_ready_is_503_until_the_local_instance_is_warm(
     async def ready() -> bool:
         return (await preloader.ready())[0] == 200
 
-    await eventually(ready, within_s=20)
+    await eventually(ready, within_s=60)
     assert local.loaded_models() == ALL_MODELS
     assert other.loaded_models() == set()
     assert await redis_client.keys("*") == []
