@@ -113,7 +113,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
     """Per endpoint, its instances and (v2, from the preloader's warm map) the models each holds:
     ``models`` READY there, ``placed`` those the placement puts there (the rest are on-demand
     loads), ``outstanding`` requests this router has in flight there."""
-    _require_admin(request)
+    require_admin(request)
     table = request.app[STATE].table
     warm_map = request.app[BACKENDS].warm_map
     endpoints: dict[str, Any] = {}
