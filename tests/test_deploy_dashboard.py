@@ -48,6 +48,11 @@ REQUIRED = {
     "preloader_models_warm",
     "preloader_warm_duration_seconds",
     "preloader_warm_failures_total",
+    "preloader_placed_models",
+    "preloader_copies",
+    "preloader_unloads_total",
+    "preloader_model_age_at_unload_seconds",
+    "router_ondemand_loads_total",
 }
 # Grafana's variables, replaced by something PromQL accepts before parsing.
 GRAFANA_VARIABLES = {
