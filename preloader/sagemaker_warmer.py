@@ -109,7 +109,8 @@ class SageMakerWarmer(Warmer):
         if self._backend is None or self._backend[0] != endpoint:
             backend = SageMakerBackend(
                 self.name,
-                endpoint_name=endpoint.endpoint_name,
+                endpoint_name=endpoint.endpoint_name or "",
+                endpoint_names=endpoint.endpoint_names,
                 region=endpoint.region,
                 endpoint_url=endpoint.endpoint_url,
                 control_endpoint_url=endpoint.control_endpoint_url,
@@ -314,7 +315,7 @@ class SageMakerWarmer(Warmer):
             config = self._endpoint()
             describe_failure = WarmFailure(
                 self.name,
-                config.endpoint_name if config is not None else self.name,
+                ",".join(config.members()) if config is not None else self.name,
                 "-",
                 f"DescribeEndpoint failed: {self.describe_error}",
             )

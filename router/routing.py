@@ -137,7 +137,8 @@ class BackendFactory:
         assert isinstance(endpoint, SageMakerEndpoint)
         return SageMakerBackend(
             name,
-            endpoint_name=endpoint.endpoint_name,
+            endpoint_name=endpoint.endpoint_name or "",
+            endpoint_names=endpoint.endpoint_names,
             region=endpoint.region,
             endpoint_url=endpoint.endpoint_url,
             control_endpoint_url=endpoint.control_endpoint_url,

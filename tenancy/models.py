@@ -102,10 +102,15 @@ class V2Endpoint(Frozen):
 
 
 class SageMakerEndpoint(Frozen):
-    """An Amazon SageMaker multi-model endpoint."""
+    """An Amazon SageMaker multi-model endpoint, or a pool of them (``endpoint_names``)."""
 
     kind: Literal["sagemaker"]
-    endpoint_name: Name
+    endpoint_name: Name | None = None
+    endpoint_names: tuple[Name, ...] = Field(
+        default=(),
+        description="A pool of MMEs instead of endpoint_name: each model is invoked (and kept "
+        "warm) on the first member of its rendezvous ranking only.",
+    )
     region: str = Field(min_length=1)
     endpoint_url: HttpUrl | None = Field(
         default=None, description="sagemaker-runtime URL override (VPC interface endpoint, tests)."
@@ -121,6 +126,18 @@ class SageMakerEndpoint(Frozen):
     describe_interval_s: float = Field(
         default=30.0, gt=0, description="How often the preloader polls DescribeEndpoint."
     )
+
+    @model_validator(mode="after")
+    def _one_name(self) -> Self:
+        if (self.endpoint_name is None) == (not self.endpoint_names):
+            raise ValueError("give exactly one of 'endpoint_name' or 'endpoint_names' (a list)")
+        if len(set(self.endpoint_names)) != len(self.endpoint_names):
+            raise ValueError("an endpoint name is listed twice in 'endpoint_names'")
+        return self
+
+    def members(self) -> tuple[str, ...]:
+        """The SageMaker endpoint names: one, or the pool's."""
+        return self.endpoint_names or (self.endpoint_name or "",)
 
 
 Endpoint = Annotated[V2Endpoint | SageMakerEndpoint, Field(discriminator="kind")]

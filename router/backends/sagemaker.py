@@ -18,6 +18,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
@@ -53,6 +54,7 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from router.placement import rank
 
 if TYPE_CHECKING:
     from types_aiobotocore_sagemaker.client import SageMakerClient
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 MODEL_NOT_READY_BACKOFF_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 USER_AGENT = f"warmroute/0.1 botocore/{botocore.__version__}"
 ClientKey = tuple[str, str | None]
+MAX_CACHED_URLS = 100_000  # model -> URL; past it, URLs are built per call
 # amz-sdk-invocation-id is UUID-shaped: a random per-process part and a counter (no syscall per call).
 _INVOCATION_PREFIX = str(uuid.uuid4())[:24]
 _INVOCATIONS = itertools.count()
@@ -233,7 +236,8 @@ class SageMakerBackend(Backend):
         self,
         name: str,
         *,
-        endpoint_name: str,
+        endpoint_name: str = "",
+        endpoint_names: Sequence[str] = (),
         region: str,
         endpoint_url: str | None,
         clients: SageMakerClients,
@@ -241,15 +245,19 @@ class SageMakerBackend(Backend):
         control_endpoint_url: str | None = None,
     ) -> None:
         self.name = name
-        self.endpoint_name = endpoint_name
+        # One MME, or a pool: each model goes to the first member of its rendezvous ranking
+        # (router/placement.py), so each member's working set is its share of the models.
+        self.members = tuple(endpoint_names) or (endpoint_name,)
+        self.endpoint_name = ",".join(self.members)  # for logs
         self.region = region
         self.endpoint_url = endpoint_url
         # The control plane has its own VPC endpoint (api.sagemaker vs runtime.sagemaker).
         self.control_endpoint_url = control_endpoint_url or endpoint_url
         self.clients = clients
         self.attempt_timeout_s = attempt_timeout_s
-        self._url: str | None = None  # resolved by aiobotocore on first use
+        self._base: str | None = None  # the runtime URL, resolved by aiobotocore on first use
         self._host = ""
+        self._urls: dict[str, str] = {}  # model -> its member's invocations URL
         self._signer: PooledSigV4Auth | None = None
         self._timeout = aiohttp.ClientTimeout(total=attempt_timeout_s)
 
@@ -257,17 +265,28 @@ class SageMakerBackend(Backend):
         return {
             "kind": self.kind,
             "endpoint_name": self.endpoint_name,
+            "endpoint_names": list(self.members),
             "region": self.region,
             "endpoint_url": self.endpoint_url,
         }
 
-    async def _resolve_url(self) -> str:
-        # aiobotocore's endpoint resolution (partitions, FIPS/dual-stack settings, the override).
-        client = await self.clients.runtime(self.region, self.endpoint_url)
-        base = client.meta.endpoint_url.rstrip("/")
-        self._url = f"{base}/endpoints/{quote(self.endpoint_name, safe='')}/invocations"
-        self._host = host_header(self._url)
-        return self._url
+    def member_for(self, model: str) -> str:
+        """The pool member that holds ``model`` (the only member of a single endpoint)."""
+        if len(self.members) == 1:
+            return self.members[0]
+        return rank(model, self.members)[0]
+
+    async def _url_for(self, model: str) -> str:
+        base = self._base
+        if base is None:
+            # aiobotocore's endpoint resolution (partitions, FIPS/dual-stack settings, the override).
+            client = await self.clients.runtime(self.region, self.endpoint_url)
+            base = self._base = client.meta.endpoint_url.rstrip("/")
+            self._host = host_header(base)
+        url = f"{base}/endpoints/{quote(self.member_for(model), safe='')}/invocations"
+        if len(self._urls) < MAX_CACHED_URLS:
+            self._urls[model] = url
+        return url
 
     async def _signer_for(self) -> PooledSigV4Auth:
         credentials = await self.clients.credentials()
@@ -289,7 +308,7 @@ class SageMakerBackend(Backend):
     async def invoke(self, request: UpstreamRequest) -> UpstreamResponse:
         if self.on_request is not None:
             self.on_request(request.model)
-        url = self._url or await self._resolve_url()
+        url = self._urls.get(request.model) or await self._url_for(request.model)
         http = self.clients.http()
         cold = False
         backoff = iter(MODEL_NOT_READY_BACKOFF_S)
@@ -350,9 +369,16 @@ class SageMakerBackend(Backend):
             await asyncio.sleep(delay)
 
     async def instance_count(self) -> int:
-        """Current instances behind the endpoint, summed over its production variants."""
+        """Current instances behind the endpoint, summed over its production variants; for a pool,
+        the largest member's (each model is warmed that many times, on its own member)."""
         client = await self.clients.control(self.region, self.control_endpoint_url)
-        described = await client.describe_endpoint(EndpointName=self.endpoint_name)
-        return sum(
-            v.get("CurrentInstanceCount") or 0 for v in described.get("ProductionVariants", [])
-        )
+        counts = []
+        for member in self.members:
+            described = await client.describe_endpoint(EndpointName=member)
+            counts.append(
+                sum(
+                    v.get("CurrentInstanceCount") or 0
+                    for v in described.get("ProductionVariants", [])
+                )
+            )
+        return max(counts)
