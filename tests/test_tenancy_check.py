@@ -145,7 +145,10 @@ def test_endpoint_needs_exactly_one_instance_source(config: ConfigDir) -> None:
     assert any(
         i.startswith("endpoints.yaml: endpoints.local: ") and "exactly one" in i for i in found
     )
-    assert "endpoints.yaml: endpoints.sm.endpoint_name: Field required" in found
+    assert (
+        "endpoints.yaml: endpoints.sm: give exactly one of 'endpoint_name' or 'endpoint_names' "
+        "(a list)" in found
+    )
 
 
 def test_missing_endpoints_file(tmp_path: Path) -> None:
