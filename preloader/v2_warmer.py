@@ -45,6 +45,9 @@ from tenancy.text import plural
 log = logging.getLogger(__name__)
 
 READY = "READY"
+# A retired copy is unloaded this long after it left the warm map: longer than the routers take to
+# re-read the map (1 s), so none still sends it a request there.
+RETIRE_GRACE_S = 3.0
 MAX_BACKOFF_S = 300.0
 TRANSPORT_ERRORS = (aiohttp.ClientError, TimeoutError, RouterError, orjson.JSONDecodeError)
 
@@ -253,7 +256,7 @@ class V2Warmer(Warmer):
             moved=moved,
             active=self._active,
             idle_s=endpoint.placement.unload_idle_s,
-            grace_s=self._check_interval_s,
+            grace_s=max(self._check_interval_s, RETIRE_GRACE_S),
         )
 
     async def _unload(

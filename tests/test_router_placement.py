@@ -126,3 +126,58 @@ async def test_on_demand_loads_stay_within_capacity_and_placed_models_only_on_ho
     for entry in instances:
         assert entry["placed"] == sorted(expected.models_on(entry["url"]))
         assert len(entry["models"]) <= 3
+
+
+async def test_scale_out_moves_copies_without_a_cold_start(
+    tmp_path: Path,
+    trio: Trio,
+    preloader_redis_url: str,
+    start_preloader: PreloaderFactory,
+    start_router: RouterFactory,
+) -> None:
+    """Two full instances (four models each, no headroom), traffic to all eight models; a third
+    instance joins: copies move to it (loaded there first, unloaded from the old holder once the
+    routers stopped sending there), and no request waits on a load."""
+    urls = [m.url for m in trio]
+    cfg = ConfigDir(tmp_path / "cfg")
+    policy = {"mode": "spread", "headroom": 0}
+    cfg.endpoints({"mme": v2_endpoint(urls[:2], capacity={"max_models": 4}, placement=policy)})
+    for index, model in enumerate(MANY):
+        cfg.tenant(f"t{index}", endpoint="mme", model=model, preload={"sample": IRIS_SAMPLE})
+    router = await start_router(cfg, redis_url=preloader_redis_url)
+    preloader = await start_preloader(preloader_settings(cfg, preloader_redis_url))
+
+    async def warm() -> bool:
+        return (await preloader.ready())[0] == 200
+
+    await eventually(warm, within_s=90)
+    await asyncio.sleep(1.5)  # the router's warm map
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            for index in range(len(MANY)):
+                statuses.append((await router.invoke(f"t{index}"))[0])
+
+    sender = asyncio.create_task(traffic())
+    try:
+        cfg.endpoints({"mme": v2_endpoint(urls, capacity={"max_models": 4}, placement=policy)})
+        third = trio[2]
+
+        async def moved_in() -> bool:
+            try:
+                held = await asyncio.to_thread(third.loaded_models)
+            except OSError:  # busy: a loaded machine answers slowly
+                return False
+            return bool(held) and await warm()
+
+        await eventually(moved_in, within_s=90)
+        await asyncio.sleep(4)  # past the retire grace: the old copies are unloaded now
+    finally:
+        stop.set()
+        await sender
+    assert statuses
+    assert set(statuses) == {200}
+    assert router.metric("router_cold_starts_total") == 0
+    assert preloader.metric("preloader_unloads_total", endpoint="mme", reason="placement") >= 1
