@@ -76,7 +76,10 @@ def follow_the_readme_walkthrough(state: Path, config: Path) -> None:
     instance = re.search(r"instance=http://127\.0\.0\.1:(\d+)", lines[0])
     assert instance is not None, lines
     mlserver_log = state / f"mlserver-{instance.group(1)}" / "mlserver.log"
-    assert "X has 3 features" in mlserver_log.read_text(), mlserver_log
+    # MLServer answers the 500 first and logs the traceback after it: wait for the line.
+    while "X has 3 features" not in mlserver_log.read_text():
+        assert time.monotonic() < deadline + 10, mlserver_log.read_text()[-2000:]
+        time.sleep(0.2)
 
     # step 5: find a unit in the canary, roll the canary back, and it is in control
     def assigned(unit: str) -> dict[str, str]:
