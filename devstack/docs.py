@@ -124,10 +124,12 @@ def _families(registry: CollectorRegistry) -> list[tuple[str, str, str, list[str
     return sorted(found)
 
 
-def _declared_labels(metrics: object) -> dict[str, list[str]]:
-    """Label names as declared (samples only exist once a label set was used)."""
+def _declared_labels(registry: CollectorRegistry) -> dict[str, list[str]]:
+    """Label names as declared (samples only exist once a label set was used). prometheus_client
+    has no public way to list a registry's collectors; its private map is read defensively."""
     declared: dict[str, list[str]] = {}
-    for value in vars(metrics).values():
+    collectors = getattr(registry, "_collector_to_names", {})
+    for value in list(collectors):
         names = getattr(value, "_labelnames", None)
         name = getattr(value, "_name", None)
         if isinstance(names, tuple) and isinstance(name, str):
@@ -144,13 +146,12 @@ def metrics_reference() -> str:
         "Histograms also export `_bucket`, `_sum` and `_count`; the Grafana dashboard "
         "`dashboards/warmroute.json` draws the main ones (picture: `docs/dashboard.png`).",
     ]
-    owners: list[tuple[str, object, CollectorRegistry]] = []
-    router = RouterMetrics()
-    owners.append(("Router (`python -m router`)", router, router.registry))
-    preloader = PreloaderMetrics()
-    owners.append(("Preloader (`python -m preloader`)", preloader, preloader.registry))
-    for title, owner, registry in owners:
-        declared = _declared_labels(owner)
+    owners = [
+        ("Router (`python -m router`)", RouterMetrics().registry),
+        ("Preloader (`python -m preloader`)", PreloaderMetrics().registry),
+    ]
+    for title, registry in owners:
+        declared = _declared_labels(registry)
         lines += [
             "",
             f"## {title}",
