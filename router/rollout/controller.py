@@ -248,6 +248,7 @@ class RolloutController:
         if seq is None:
             return False  # another replica changed it first
         run.counter.drain()  # counted under the old step: not the new window's
+        run.last_verdict = f"{change.reason}; judged again next tick"
         new = RolloutState(
             run.fingerprint, seq, change.step, change.status, state.since, change.reason
         )
@@ -312,7 +313,11 @@ class RolloutController:
             reason=state.reason,
             figures=window.describe(),
             guardrails=checks.describe(),
-            judgement=run.last_verdict,
+            judgement=(
+                run.last_verdict
+                if state.status == "progressing"
+                else f"{state.status}: nothing to judge"
+            ),
         )
         return described
 
