@@ -218,7 +218,9 @@ class SharedRate:
             self._rates.metrics.redis_errors.inc()
         if self.fallback is None:
             share = self._rates.replicas
-            self.fallback = LocalBucket(self.rps / share, self.burst / share, now)
+            # Starts with what this replica still held, not a fresh burst: a Redis that flaps
+            # must not hand out a burst at every flap.
+            self.fallback = LocalBucket(self.rps / share, self.burst / share, now, self.stock)
             self.stock = 0
             self.floor = -1
         self.next_refill = now + self._rates.breaker.cooldown_s

@@ -45,10 +45,10 @@ class LocalBucket:
 
     __slots__ = ("_tokens", "_updated", "burst", "rps")
 
-    def __init__(self, rps: float, burst: float, now: float) -> None:
+    def __init__(self, rps: float, burst: float, now: float, tokens: float | None = None) -> None:
         self.rps = rps
         self.burst = max(1.0, burst)
-        self._tokens = self.burst
+        self._tokens = self.burst if tokens is None else min(self.burst, max(0.0, tokens))
         self._updated = now
 
     def update(self, rps: float, burst: float) -> None:

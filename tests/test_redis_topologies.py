@@ -211,7 +211,8 @@ async def test_preloader_leads_and_publishes_on_the_topology(
     moto_config.tenant("acme", endpoint="sm", model="m.tar.gz", preload={"sample": {"x": [1]}})
     settings = [
         replace(
-            preloader_settings(moto_config, topology.target.url, instance_id=name),
+            # A lock that outlives a loaded machine's pauses: the test is about the topology.
+            preloader_settings(moto_config, topology.target.url, instance_id=name, lock_ttl_s=5.0),
             redis_cluster=topology.target.cluster,
         )
         for name in ("p1", "p2")
