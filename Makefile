@@ -10,7 +10,7 @@ MODELS := .cache/models
 WARMROUTE_STEP_MODULES ?= examples.
 export WARMROUTE_STEP_MODULES
 
-.PHONY: setup run test lint typecheck check schema docs dashboard-png bench bench-coldstart bench-placement clean
+.PHONY: setup run test lint typecheck check schema docs dashboard-png bench bench-coldstart bench-placement clean faults
 
 # The project's environment: the locked dev set (a superset of the runtime lock the image installs).
 $(VENV)/.stamp: requirements/dev.lock pyproject.toml
@@ -72,6 +72,10 @@ bench: setup
 
 bench-coldstart: setup
 	$(PY) -m bench.coldstart
+
+# The fault matrix on the real stack: one table row per fault, exit 1 when a promise breaks.
+faults: setup
+	$(PY) -m faults
 
 # Pure simulation (no servers): placement against the alternatives on 10,000 models, 100 instances.
 bench-placement: $(VENV)/.stamp
