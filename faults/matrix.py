@@ -220,11 +220,9 @@ async def sigterm_under_load(stack: Stack, scale: Scale) -> Row:
                      concurrency=scale.concurrency * 2, force_close=True)  # fmt: skip
         outcomes = await _during(load, _after(0.4, lambda: proc.send_signal(signal.SIGTERM)))
         # A connection still in the listen backlog when the listener closes is reset by the
-        # kernel before the router ever read it: not accepted, so not lost (safe to retry).
-        tally.extend(
-            replace(o, refused=True) if "Connection reset by peer" in o.error else o
-            for o in outcomes
-        )
+        # kernel before the router ever read it (the client sees a reset, or cannot write its
+        # body): never received, so not lost (safe to retry).
+        tally.extend(replace(o, refused=True) if _never_received(o) else o for o in outcomes)
         code = await asyncio.to_thread(proc.wait, 30)
         if code != 0:
             notes.append(f"router exited {code} after SIGTERM")
@@ -236,6 +234,12 @@ async def sigterm_under_load(stack: Stack, scale: Scale) -> Row:
             proc.wait()
         log.close()
     return Row("SIGTERM under load", tally, notes)
+
+
+def _never_received(outcome: Outcome) -> bool:
+    return outcome.status is None and (
+        "Connection reset by peer" in outcome.error or "Can not write request body" in outcome.error
+    )
 
 
 async def flood(stack: Stack, scale: Scale) -> Row:
