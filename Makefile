@@ -16,14 +16,15 @@ export WARMROUTE_STEP_MODULES
 $(VENV)/.stamp: requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.8
-	$(UV) pip install -q --python $(PY) -r requirements/dev.lock
+	$(UV) pip install -q --compile-bytecode --python $(PY) -r requirements/dev.lock
 	$(UV) pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
-# MLServer in its own environment (uvloop < 0.22, its own FastAPI pins).
+# MLServer in its own environment (uvloop < 0.22, its own FastAPI pins). Bytecode is compiled at install:
+# where PYTHONDONTWRITEBYTECODE is set, every MLServer start would otherwise recompile its imports (~60 s).
 $(MLS_VENV)/.stamp: requirements/mlserver.lock $(VENV)/.stamp
 	$(PYTHON) -m venv $(MLS_VENV)
-	$(UV) pip install -q --python $(MLS_VENV)/bin/python -r requirements/mlserver.lock
+	$(UV) pip install -q --compile-bytecode --python $(MLS_VENV)/bin/python -r requirements/mlserver.lock
 	touch $@
 
 # Small scikit-learn models, trained in MLServer's environment so the pickles match its sklearn.
