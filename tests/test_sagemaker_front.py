@@ -434,3 +434,47 @@ async def test_a_signature_for_another_service_is_refused(router: RunningRouter)
         assert resp.status == 403
         assert resp.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
         assert "sagemaker" in (await resp.json())["message"]
+
+
+async def raw_post(
+    router: RunningRouter, path: str, headers: dict[str, bytes], body: bytes
+) -> bytes:
+    """A request with header bytes no HTTP client library would send."""
+    host, port = router.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = [f"POST {path} HTTP/1.1".encode(), f"Host: {host}:{port}".encode()]
+        head += [name.encode() + b": " + value for name, value in headers.items()]
+        head += [f"Content-Length: {len(body)}".encode(), b"Connection: close"]
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+
+
+def signed_headers(router: RunningRouter, extra: dict[str, str]) -> dict[str, bytes]:
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    url = f"{router.url}/endpoints/acme/invocations"
+    request = AWSRequest(
+        "POST", url, data=v2_body(ROWS), headers={"Content-Type": "application/json", **extra}
+    )
+    botocore.auth.SigV4Auth(Credentials(KEY_ID, SECRET), "sagemaker", REGION).add_auth(request)
+    return {k: v.encode() if isinstance(v, str) else v for k, v in request.headers.items()}
+
+
+@pytest.mark.parametrize("where", ["signature", "signed header"])
+async def test_non_utf8_bytes_in_a_signed_request_are_a_403_not_a_500(
+    router: RunningRouter, where: str
+) -> None:
+    headers = signed_headers(router, {"X-Amzn-SageMaker-Custom-Attributes": "a=1"})
+    if where == "signature":
+        headers["Authorization"] = headers["Authorization"][:-2] + b"\xff\xfe"
+    else:
+        headers["X-Amzn-SageMaker-Custom-Attributes"] = b"a=\xff"
+    answer = await raw_post(router, "/endpoints/acme/invocations", headers, v2_body(ROWS))
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"403", answer[:400]
+    assert b"x-amzn-errortype: invalidsignatureexception" in rest.lower()
