@@ -218,9 +218,11 @@ class SharedRate:
             self._rates.metrics.redis_errors.inc()
         if self.fallback is None:
             share = self._rates.replicas
-            # Starts with what this replica still held, not a fresh burst: a Redis that flaps
-            # must not hand out a burst at every flap.
-            self.fallback = LocalBucket(self.rps / share, self.burst / share, now, self.stock)
+            # Starts with what this replica could still admit (its stock down to the credit
+            # floor), not a fresh burst: a Redis that flaps must not hand out a burst at every
+            # flap, nor refuse a quiet tenant that was admitting on credit a moment ago.
+            held = self.stock - self.floor
+            self.fallback = LocalBucket(self.rps / share, self.burst / share, now, held)
             self.stock = 0
             self.floor = -1
         self.next_refill = now + self._rates.breaker.cooldown_s

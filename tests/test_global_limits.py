@@ -146,3 +146,25 @@ async def test_with_redis_down_each_router_admits_its_share(
     assert abs(rate - share) <= 0.15 * share, f"admitted {rate:.1f}/s alone for a share of {share}"
     assert first.metric("router_redis_errors_total") > 0
     assert rates_of(first).replicas == 2  # the last count seen stands
+
+
+async def test_a_quiet_tenant_keeps_its_credit_when_redis_goes_away() -> None:
+    """The fall-back bucket starts with what the replica could still admit (its stock down to the
+    credit floor), not empty: a Redis that vanishes (or a breaker opened by another tenant's slow
+    refills) must not refuse a quiet tenant far below its rate."""
+    now = 100.0
+    redis = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens: refused at once
+    rates = GlobalRates(redis, RouterMetrics(), clock=lambda: now)
+    gate = rates.bucket("quiet", 2000, 2000)
+    try:
+        assert gate.take()  # on credit; the refill it starts fails
+
+        async def fell_back() -> bool:
+            return gate.fallback is not None
+
+        await eventually(fell_back)
+        # The same instant: no time has refilled anything, only the credit can admit these.
+        assert sum(gate.take() for _ in range(50)) == 50
+    finally:
+        await rates.aclose()
+        await close_redis(redis)
