@@ -72,11 +72,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--quick", action="store_true", help="1 round, 2 tenants per model")
+    parser.add_argument(
+        "--many-requests", type=int, default=600, help="requests per mode in the many-models phase"
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--skip-many", action="store_true", help="no many-models phase")
+    which.add_argument("--many-only", action="store_true", help="only the many-models phase")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.tenants, args.warm = 1, 2, 5
-    if min(args.tenants, args.rounds, args.warm, args.after) < 1:
-        parser.error("--tenants, --rounds, --warm and --after must be >= 1")
+        args.rounds, args.tenants, args.warm, args.many_requests = 1, 2, 5, 200
+    if min(args.tenants, args.rounds, args.warm, args.after, args.many_requests) < 1:
+        parser.error("--tenants, --rounds, --warm, --after and --many-requests must be >= 1")
     return args
 
 
@@ -166,6 +172,15 @@ class Client:
                 loads += float(line.rsplit(" ", 1)[1])
         return cold, loads
 
+    def total(self, metric: str) -> float:
+        """A counter from the router's /metrics, summed over its labels."""
+        prefix = metric + "{"
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in self.get("/metrics").decode().splitlines()
+            if line.startswith(prefix)
+        )
+
     def close(self) -> None:
         self._conn.close()
 
@@ -213,10 +228,14 @@ def first_requests(client: Client, setup: Setup, phase: Phase, per_tenant: int =
 # -- processes ----------------------------------------------------------------------------------
 
 
-def start_instances(workdir: Path, count: int) -> list[mls.MLServerInstance]:
+def start_instances(
+    workdir: Path, count: int, repository: Path | None = None, prefix: str = "mlserver"
+) -> list[mls.MLServerInstance]:
+    """``count`` empty MLServer instances over ``repository`` (the example models), started in
+    parallel."""
+    root = repository if repository is not None else mls.models_dir()
     instances = [
-        mls.start_mlserver(mls.models_dir(), workdir / f"mlserver-{i}", wait=False)
-        for i in range(count)
+        mls.start_mlserver(root, workdir / f"{prefix}-{i}", wait=False) for i in range(count)
     ]
     try:
         for instance in instances:
@@ -324,6 +343,43 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     handle_stop_signals()
     nonce = f"{int(time.time())}-{os.getpid()}"
+    if not args.many_only:
+        code = classic(args, nonce)
+        if code != 0 or args.skip_many:
+            return code
+    return many(args, nonce)
+
+
+def many(args: argparse.Namespace, nonce: str) -> int:
+    """The many-models phase; writes ``bench/results/coldstart-many.md``."""
+    # Imported here: bench.coldstart_many builds on this module's helpers.
+    from bench import coldstart_many
+
+    settings = coldstart_many.ManySettings(requests=args.many_requests)
+    try:
+        with tempfile.TemporaryDirectory(prefix="warmroute-coldstart-many-") as tmp:
+            procs = Processes(Path(tmp))
+            try:
+                results = coldstart_many.run(procs, Path(tmp), args.redis_url, nonce, settings)
+            finally:
+                procs.stop_all()
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except RuntimeError as exc:
+        log(f"benchmark failed: {exc}")
+        return 1
+    report = coldstart_many.render(results, settings) + f"\n\nMachine: {machine()}."
+    print(report)
+    args.results.mkdir(parents=True, exist_ok=True)
+    path = args.results / "coldstart-many.md"
+    path.write_text(report + "\n")
+    log(f"wrote {path}")
+    return 0
+
+
+def classic(args: argparse.Namespace, nonce: str) -> int:
+    """The two-instance phases; writes ``bench/results/coldstart.md``."""
     endpoint = f"coldstart-{nonce}"
     cold = Phase("first request, no preloader")
     preloaded = Phase("first request, after `preloader --once`")
