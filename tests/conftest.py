@@ -128,8 +128,11 @@ async def sagemaker_front(fresh_mlservers: MLServerPair) -> AsyncIterator[SageMa
 
 def pytest_configure(config: pytest.Config) -> None:
     """Custom steps of the examples and of the tests themselves are allowed (SPEC: only modules
-    under WARMROUTE_STEP_MODULES); subprocesses the tests start inherit it."""
-    os.environ.setdefault(STEP_MODULES_ENV, "examples.,tests.")
+    under WARMROUTE_STEP_MODULES); subprocesses the tests start inherit it. Added to what is set
+    (`make test` exports the examples' prefix), never replacing it."""
+    prefixes = [p for p in os.environ.get(STEP_MODULES_ENV, "").split(",") if p]
+    prefixes += [p for p in ("examples.", "tests.") if p not in prefixes]
+    os.environ[STEP_MODULES_ENV] = ",".join(prefixes)
 
 
 pytest_plugins = ("tests.router_fixtures", "tests.scaleout_fixtures", "tests.placement_fixtures")
