@@ -22,6 +22,10 @@ Requests are sequential on one keep-alive connection; latency is measured at the
 ``router_cold_starts_total`` and ``router_model_loads_total`` (from its /metrics) are read before and
 after each phase. Target (issue 4): after ``--once``, first-request p99 within 10 % of the warm p99
 and zero cold starts. Writes ``bench/results/coldstart.md``.
+
+Then the many-models phase (``bench/coldstart_many.py``; ``--many-only`` runs just it, ``--skip-many``
+leaves it out): more models than one instance holds, placement ``spread`` against ``replicate``.
+Writes ``bench/results/coldstart-many.md``.
 """
 
 from __future__ import annotations
