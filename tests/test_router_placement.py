@@ -173,7 +173,14 @@ async def test_scale_out_moves_copies_without_a_cold_start(
             return bool(held) and await warm()
 
         await eventually(moved_in, within_s=90)
-        await asyncio.sleep(4)  # past the retire grace: the old copies are unloaded now
+
+        async def old_copies_unloaded() -> bool:  # past the retire grace, on a later pass
+            unloads = preloader.metric(
+                "preloader_unloads_total", endpoint="mme", reason="placement"
+            )
+            return unloads >= 1
+
+        await eventually(old_copies_unloaded, within_s=60)
     finally:
         stop.set()
         await sender
