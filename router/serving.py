@@ -68,8 +68,23 @@ class JsonErrorServer(web.Server):
         return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
+# After the listener closes, connections the kernel accepted just before may not have delivered
+# their request yet: aiohttp would close them as idle and their callers would see "Server
+# disconnected" for a request they had sent. This long a pause lets them arrive and be served.
+ACCEPT_GRACE_S = 0.5
+
+
 class RouterRunner(web.AppRunner):
-    """An AppRunner whose connections answer parse errors with JSON."""
+    """An AppRunner whose connections answer parse errors with JSON, and whose shutdown serves the
+    requests of connections accepted just before the listener closed."""
+
+    async def cleanup(self) -> None:
+        for site in list(self.sites):
+            await site.stop()  # no new connections from here on
+        server = self.server
+        if server is not None and server.connections:
+            await asyncio.sleep(min(ACCEPT_GRACE_S, self._shutdown_timeout / 4))
+        await super().cleanup()  # closes idle connections, drains in-flight requests
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
