@@ -125,7 +125,13 @@ async def test_instance_killed_mid_traffic_costs_no_request(
             statuses.append((await router.invoke("globex", body))[0])
 
     await asyncio.gather(*(worker(120) for _ in range(8)))
-    fresh_mlservers[1].kill()
+    # Kill an instance that serves the model: with placement, a model nobody placed is loaded on
+    # demand on one instance only, and the other one may never see a request.
+    holders = [
+        m for m in fresh_mlservers if "iris-tree" in await asyncio.to_thread(m.loaded_models)
+    ]
+    assert holders
+    holders[0].kill()
     killed_at = len(statuses)
     await asyncio.gather(*(worker(killed_at + 200) for _ in range(8)))
     assert [s for s in statuses if s != 200] == []
