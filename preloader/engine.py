@@ -251,8 +251,9 @@ class Preloader:
     async def aclose(self) -> None:
         for name in list(self.running):
             self._stop(name)
-        if self._stopping:
-            await asyncio.gather(*self._stopping, return_exceptions=True)
+        # Cancelled again until each has ended: a client call can swallow one cancellation (a
+        # connect to an unreachable instance did, and shutdown hung).
+        await cancel_and_wait(list(self._stopping))
 
     # -- readiness ---------------------------------------------------------------------------
 
