@@ -136,7 +136,8 @@ async def test_instance_killed_mid_traffic_costs_no_request(
     await asyncio.gather(*(worker(killed_at + 200) for _ in range(8)))
     assert [s for s in statuses if s != 200] == []
     retries = router.metric("router_upstream_retries_total", endpoint="mme")
-    assert retries >= 1
+    # How many requests met the dead instance depends on which one the picker had in flight at the
+    # kill (none, when it had already moved to the other holder): the promise is no failed request.
     # Ejected after 5 failures in a row: the dead instance is not tried for each request.
     assert retries <= 25, retries
 
